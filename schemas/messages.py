@@ -172,7 +172,8 @@ class RegistryRequest:
 @dataclass(frozen=True, slots=True)
 class RegistryReply:
     ok: bool
-    error: str | None = None  # not_found | bad_request | ...
+    error: str | None = None  # machine code: not_found | bad_request | internal
+    message: str | None = None  # human-readable reason for `error`
     task: TaskRecord | None = None
     tasks: tuple[TaskRecord, ...] = ()
     total: int = 0

@@ -114,16 +114,6 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def random_model(cfg: dict[str, Any], seed: int = 0) -> ASRModel:
-    """Full-size model with random weights, for benchmarks (same compute as the real one)."""
+    """Full-size model with PyTorch's default random init, for benchmarks (same compute as the real one)."""
     torch.manual_seed(seed)
-    model = ASRModel(cfg)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.normal_(0.0, 0.02)
-            elif "norm" in name:
-                p.fill_(1.0)
-            else:
-                fan_in = p[0].numel() if p.dim() > 1 else p.numel()
-                p.normal_(0.0, fan_in**-0.5)
-    return model.eval()
+    return ASRModel(cfg).eval()

@@ -1,0 +1,197 @@
+"""`gigaam-transcriber`: one entry point for operators and users. Each command is a thin shell around
+a function in `pipeline/` or `services/`; expected failures print one line and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import orjson
+
+from pipeline.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("gigaam")
+
+
+class CliError(Exception):
+    """An expected failure: printed as one line, exit code 2."""
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {}
+    for key in ("model", "device", "precision", "data_dir", "nats_url"):
+        if getattr(args, key, None):
+            overrides[key] = getattr(args, key)
+    return load_settings(**overrides)
+
+
+# -- models ---------------------------------------------------------------------------------
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from pipeline.asr.catalog import ALIASES, DEFAULT_MODEL, MODELS
+
+    settings = _settings(args)
+    folder = Path(settings.model_dir).expanduser()
+    aliases = {v: k for k, v in ALIASES.items()}
+    print(f"model directory: {folder}")
+    print(f"{'name':<13} {'alias':<9} {'kind':<5} {'asr':<4} {'local':<6} md5")
+    for info in MODELS.values():
+        present = "yes" if (folder / info.filename).is_file() else "-"
+        mark = " (default)" if info.name == DEFAULT_MODEL else ""
+        asr = "yes" if info.asr else "no"
+        print(f"{info.name:<13} {aliases.get(info.name, ''):<9} {info.kind:<5} {asr:<4} {present:<6} {info.md5}{mark}")
+    return 0
+
+
+def cmd_models_pull(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    from pipeline.asr.catalog import resolve_name
+    from pipeline.asr.store import pull
+
+    settings = _settings(args)
+    info = resolve_name(args.name)
+    with Progress("[bold]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn()) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(label: str, done: int, total: int | None) -> None:
+            if label not in tasks:
+                tasks[label] = bar.add_task(label, total=total)
+            bar.update(tasks[label], completed=done)
+
+        path = pull(info, settings.model_dir, base_url=args.base_url, progress=progress)
+    print(f"{info.name}: {path} (MD5 {info.md5} verified)")
+    return 0
+
+
+def cmd_models_verify(args: argparse.Namespace) -> int:
+    from pipeline.asr.store import verify
+
+    v = verify(args.path)
+    official = f"official {v.official_name}" if v.official_name else "not an official release (MD5 unknown)"
+    print(f"{v.path}: OK: {v.model_name or '?'} ({v.kind}), {v.parameters:,} parameters, "
+          f"{v.vocabulary} tokens, MD5 {v.md5}, {official}")
+    return 0
+
+
+# -- local ----------------------------------------------------------------------------------
+
+
+def load_engine(settings: Settings):  # noqa: ANN201 - Engine, imported lazily (torch is slow to import)
+    from pipeline.asr.engine import Engine, configure_cpu_threads
+    from pipeline.asr.store import resolve_model
+
+    configure_cpu_threads(settings.cpu_threads)
+    path = resolve_model(settings.model, settings.model_dir)
+    return Engine.from_checkpoint(
+        path, device=settings.device, precision=settings.precision, max_batch=settings.infer_batch_size
+    )
+
+
+def cmd_local(args: argparse.Namespace) -> int:
+    from pipeline.decode import MediaError
+    from pipeline.formats import EXTENSIONS, render
+    from pipeline.transcribe import transcribe_file
+
+    settings = _settings(args)
+    engine = load_engine(settings)
+    failures = 0
+    outputs = []
+    for file in args.files:
+        try:
+            transcript = transcribe_file(
+                engine.transcribe, file, model=engine.name, vad=not args.no_vad, max_segment_s=settings.segment_max
+            )
+        except MediaError as exc:
+            print(f"{file}: {exc.reason}", file=sys.stderr)
+            failures += 1
+            continue
+        except OSError as exc:
+            print(f"{file}: {exc.strerror or exc}", file=sys.stderr)
+            failures += 1
+            continue
+        text = render(transcript, args.format)
+        if args.output_dir:
+            out = Path(args.output_dir) / (Path(file).stem + EXTENSIONS[args.format])
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text, encoding="utf-8")
+            print(f"{file} -> {out}", file=sys.stderr)
+        elif args.format == "json":
+            outputs.append(orjson.loads(text))
+        else:
+            if len(args.files) > 1:
+                print(f"==> {file} <==")
+            sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
+    if outputs:
+        doc = outputs[0] if len(args.files) == 1 else outputs
+        sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 1 if failures else 0
+
+
+# -- parser ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from schemas.messages import ALL_FORMATS
+
+    p = argparse.ArgumentParser(prog="gigaam-transcriber", description="GigaAM v3 speech-to-text service")
+    p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default from GIGAAM_LOG_LEVEL)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    models = sub.add_parser("models", help="list, download and check model checkpoints")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    msub.add_parser("list", help="known models and which are downloaded").set_defaults(func=cmd_models_list)
+    pull = msub.add_parser("pull", help="download a model into GIGAAM_MODEL_DIR, MD5-checked")
+    pull.add_argument("name")
+    pull.add_argument("--base-url", help="mirror serving <name>.ckpt files (default: the official address)")
+    pull.set_defaults(func=cmd_models_pull)
+    verify = msub.add_parser("verify", help="load a .ckpt safely and report what it is")
+    verify.add_argument("path")
+    verify.set_defaults(func=cmd_models_verify)
+
+    local = sub.add_parser("local", help="transcribe files in this process, no server")
+    local.add_argument("files", nargs="+", metavar="FILE")
+    local.add_argument("--model", help="model name or .ckpt path (default GIGAAM_MODEL)")
+    local.add_argument("--device", help="cpu, cuda, cuda:N (default GIGAAM_DEVICE)")
+    local.add_argument("--precision", help="fp32, fp16, bf16, int8 (default: fp16 on CUDA, fp32 on CPU)")
+    local.add_argument("--format", choices=ALL_FORMATS, default="txt")
+    local.add_argument("--no-vad", action="store_true", help="feed a file of up to 30 s to the engine whole")
+    local.add_argument("-o", "--output-dir", help="write <stem>.<ext> files here instead of stdout")
+    local.set_defaults(func=cmd_local)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pipeline.logs import setup_logging
+
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        setup_logging(args.log_level or settings.log_level, settings.log_json)
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `... | head`
+        return 0
+    except (CliError, SettingsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # expected domain errors print one line, never a traceback
+        from pipeline.asr.catalog import UnknownModel
+        from pipeline.asr.checkpoint import CheckpointError
+        from pipeline.asr.engine import SegmentTooLong
+        from pipeline.asr.store import DownloadError, ModelNotFound
+
+        if isinstance(exc, (UnknownModel, CheckpointError, DownloadError, ModelNotFound, SegmentTooLong, ValueError)):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
