@@ -415,9 +415,9 @@ def test_handle_dispatch_and_errors(store: RegistryStore) -> None:
     assert reply.ok and reply.task.text == "hi"
     assert decode(RegistryReply, encode(reply)) == reply  # survives the wire
 
-    assert store.handle(RegistryRequest(op="get", task_id="t1", owner="bob")) == RegistryReply(
-        ok=False, error="not_found"
-    )
+    hidden = store.handle(RegistryRequest(op="get", task_id="t1", owner="bob"))
+    assert (hidden.ok, hidden.error, hidden.task) == (False, "not_found", None)
+    assert "t1" in hidden.message
     assert store.handle(RegistryRequest(op="get", task_id="nope")).error == "not_found"
 
     listed = store.handle(RegistryRequest(op="list", owner="bob"))
@@ -436,7 +436,9 @@ def test_handle_dispatch_and_errors(store: RegistryStore) -> None:
         RegistryRequest(op="list", owner=7),  # type: ignore[arg-type]  # as a bad client could send it
     ]
     for request in bad:
-        assert store.handle(request) == RegistryReply(ok=False, error="bad_request"), request
+        reply = store.handle(request)
+        assert (reply.ok, reply.error, reply.task) == (False, "bad_request", None), request
+        assert reply.message, request
 
     assert store.handle(RegistryRequest(op="delete", task_id="t1", owner="bob")).error == "not_found"
     deleted = store.handle(RegistryRequest(op="delete", task_id="t1", owner="alice"))
