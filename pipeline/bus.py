@@ -433,7 +433,7 @@ async def run_consumer(
                 continue
             try:
                 msgs = await sub.fetch(free, timeout=fetch_timeout)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):  # nats-py raises both
                 continue  # no work right now
             except nats.errors.ConnectionClosedError:
                 raise
@@ -445,18 +445,26 @@ async def run_consumer(
                 task = asyncio.create_task(worker.process(msg), name=f"{name}:{msg.metadata.sequence.stream}")
                 running.add(task)
                 task.add_done_callback(running.discard)
-        if running:
-            log.info("consumer %s: stopping, waiting for %d running job(s)", name, len(running))
-            await asyncio.wait(set(running), timeout=drain_timeout)
     finally:
-        for task in running:
-            task.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
+        # Unsubscribe first: a job nak'd below must not be handed to a pull request of this dead inbox.
         try:
             await sub.unsubscribe()
         except nats.errors.Error as exc:
             log.debug("consumer %s: unsubscribe failed: %s", name, exc)
+        await _finish(name, running, drain_timeout if stop_event.is_set() else 0.0)
         log.info("consumer %s: stopped", name)
+
+
+async def _finish(name: str, running: set[asyncio.Task[None]], timeout: float | None) -> None:
+    """Lets running jobs end within `timeout` (None: no limit), then cancels the rest, which naks them."""
+    try:
+        if running and timeout != 0:
+            log.info("consumer %s: stopping, waiting for %d running job(s)", name, len(running))
+            await asyncio.wait(set(running), timeout=timeout)
+    finally:
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
 
 
 async def _sleep_unless(event: asyncio.Event, seconds: float) -> None:

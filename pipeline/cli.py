@@ -82,18 +82,8 @@ def cmd_models_verify(args: argparse.Namespace) -> int:
 # -- local ----------------------------------------------------------------------------------
 
 
-def load_engine(settings: Settings):  # noqa: ANN201 - Engine, imported lazily (torch is slow to import)
-    from pipeline.asr.engine import Engine, configure_cpu_threads
-    from pipeline.asr.store import resolve_model
-
-    configure_cpu_threads(settings.cpu_threads)
-    path = resolve_model(settings.model, settings.model_dir)
-    return Engine.from_checkpoint(
-        path, device=settings.device, precision=settings.precision, max_batch=settings.infer_batch_size
-    )
-
-
 def cmd_local(args: argparse.Namespace) -> int:
+    from pipeline.asr.loader import load_engine
     from pipeline.decode import MediaError
     from pipeline.formats import EXTENSIONS, render
     from pipeline.transcribe import transcribe_file
@@ -133,6 +123,64 @@ def cmd_local(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+# -- stack ----------------------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from pipeline.supervisor import run_stack
+
+    services = args.services.split(",") if args.services else None
+    asyncio.run(run_stack(_settings(args), services))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import importlib
+
+    from pipeline.service import main as service_main
+
+    module = importlib.import_module(f"services.{args.name}")
+    service_main(args.name, module.serve)
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from pipeline.bus import connect
+    from pipeline.submit import submit_file, wait_for_task
+    from schemas.messages import TaskOptions
+
+    settings = _settings(args)
+    options = TaskOptions(model=args.model_name, write_output=args.write_output, source="cli")
+
+    async def run() -> int:
+        bus = await connect(settings.resolved_nats_url(), "gigaam-cli", first_connect_timeout=10.0)
+        try:
+            code = 0
+            for file in args.files:
+                if not Path(file).is_file():
+                    print(f"{file}: no such file", file=sys.stderr)
+                    code = 1
+                    continue
+                task_id = await submit_file(bus, file, options=options)
+                print(f"{file}: task {task_id}")
+                if args.wait:
+                    event = await wait_for_task(bus, task_id, timeout=args.timeout)
+                    if event.type == "completed":
+                        print(event.text or "")
+                    else:
+                        print(f"{file}: failed: {event.error}", file=sys.stderr)
+                        code = 1
+            return code
+        finally:
+            await bus.close()
+
+    return asyncio.run(run())
+
+
 # -- parser ---------------------------------------------------------------------------------
 
 
@@ -163,6 +211,22 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--no-vad", action="store_true", help="feed a file of up to 30 s to the engine whole")
     local.add_argument("-o", "--output-dir", help="write <stem>.<ext> files here instead of stdout")
     local.set_defaults(func=cmd_local)
+
+    up = sub.add_parser("up", help="run the whole stack: embedded NATS and every service, supervised")
+    up.add_argument("--services", help="comma-separated subset (default: all)")
+    up.set_defaults(func=cmd_up)
+
+    serve = sub.add_parser("serve", help="run one service (for compose, systemd, multi-host)")
+    serve.add_argument("name", choices=["api", "ingest", "decode", "infer", "format", "registry"])
+    serve.set_defaults(func=cmd_serve)
+
+    submit = sub.add_parser("submit", help="submit files to a running stack (operators)")
+    submit.add_argument("files", nargs="+", metavar="FILE")
+    submit.add_argument("--wait", action="store_true", help="wait for each result and print its text")
+    submit.add_argument("--timeout", type=float, default=3600.0)
+    submit.add_argument("--model-name", dest="model_name", help="model the task asks for (default: the stack's)")
+    submit.add_argument("--write-output", action="store_true", help="also write results to GIGAAM_OUTPUT_DIR")
+    submit.set_defaults(func=cmd_submit)
     return p
 
 

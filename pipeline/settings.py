@@ -42,6 +42,8 @@ class Settings:
     output_rest: bool = False  # also write API tasks into output_dir
     retention: float = 86400.0  # seconds objects, events and rows live
     infer_concurrency: int = 3  # jobs in flight per infer process
+    decode_concurrency: int = 2  # jobs in flight per decode process
+    format_concurrency: int = 4  # jobs in flight per format process
     infer_batch_size: int = 16  # segments per engine call
     infer_batch_wait: float = 0.05  # seconds to wait for more segments before running a batch
     max_deliver: int = 5  # deliveries of a job before it goes to the dead-letter stream

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import warnings
 
 import numpy as np
 import torch
@@ -46,9 +47,12 @@ def load_vad_model() -> torch.jit.ScriptModule:
     with _model_lock:
         if _model is None:
             threads = torch.get_num_threads()
-            from silero_vad import load_silero_vad  # importing it sets torch to 1 thread process-wide
+            with warnings.catch_warnings():
+                # Its loader trips deprecation warnings in importlib.resources and torch.jit.load.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                from silero_vad import load_silero_vad  # importing it sets torch to 1 thread process-wide
 
-            wrapper = load_silero_vad()
+                wrapper = load_silero_vad()
             torch.set_num_threads(threads)
             inner = wrapper._model
             if inner.context_size_samples != _CONTEXT:
@@ -172,6 +176,8 @@ def segment_speech(
         raise ValueError("max_segment_s must be at least 1 second")
     if probs is None:
         probs = speech_probabilities(samples)
+    elif probs.shape[0] != -(-samples.shape[0] // FRAME):
+        raise ValueError(f"{probs.shape[0]} probabilities do not match {samples.shape[0]} samples")
     regions = speech_regions(
         probs,
         samples.shape[0],
@@ -184,6 +190,13 @@ def segment_speech(
     max_len = int(max_segment_s * SAMPLE_RATE)
     pieces = [piece for region in regions for piece in _split_long(region, max_len, probs, samples)]
     packed = _pack(pieces, max_len, int(target_segment_s * SAMPLE_RATE), int(max_gap_s * SAMPLE_RATE))
+    log.debug(
+        "%d speech regions -> %d segments, %.1f of %.1f s kept",
+        len(regions),
+        len(packed),
+        sum(end - start for start, end in packed) / SAMPLE_RATE,
+        samples.shape[0] / SAMPLE_RATE,
+    )
     return [Span(start / SAMPLE_RATE, end / SAMPLE_RATE) for start, end in packed]
 
 

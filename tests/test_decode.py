@@ -230,6 +230,14 @@ def test_truncated_mp3_decodes_what_is_there(media_dir: Path) -> None:
         decode_media(io.BytesIO(data[:40]))
 
 
+def test_corrupt_middle_is_skipped_like_ffmpeg(media_dir: Path) -> None:
+    data = bytearray((media_dir / "tone.mp3").read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 2000] = np.random.default_rng(0).bytes(2000)
+    decoded = decode_media(io.BytesIO(bytes(data)))
+    assert 0.7 * TONE_S < decoded.duration <= TONE_S
+
+
 def test_missing_file_is_an_os_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         decode_media(tmp_path / "absent.mp3")

@@ -1,0 +1,84 @@
+"""Infer service: PCM object + segments -> transcript object -> format job.
+
+One engine per process; `GIGAAM_INFER_CONCURRENCY` jobs in flight share it through the segment
+batcher. More processes or hosts simply bind the same durable consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+from pathlib import Path
+
+from pipeline.asr.catalog import UnknownModel, resolve_name
+from pipeline.asr.loader import load_engine
+from pipeline.bus import Delivery, ObjectMissing, PermanentError, get_to_file, publish_job, put_bytes, run_consumer
+from pipeline.batcher import SegmentBatcher
+from pipeline.logs import task_logger
+from pipeline.service import ServiceContext, main
+from pipeline.stages import PROGRESS, transcribing_progress
+from pipeline.stages.infer import transcribe_job
+from schemas.messages import FormatJob, InferJob, decode, encode
+from schemas.subjects import object_name
+
+log = logging.getLogger(__name__)
+
+
+def serves(requested: str | None, served: str) -> bool:
+    if not requested:
+        return True
+    try:
+        return resolve_name(requested).name == served
+    except UnknownModel:
+        return requested == served
+
+
+async def serve(ctx: ServiceContext) -> None:
+    settings = ctx.settings
+    engine = await asyncio.to_thread(load_engine, settings)
+    ctx.info.update(model=engine.name, device=str(engine.device), precision=engine.precision)
+    log.info("engine ready: %s on %s (%s)", engine.name, engine.device, engine.precision)
+    batcher = SegmentBatcher(engine.transcribe, max_batch=settings.infer_batch_size, max_wait=settings.infer_batch_wait)
+
+    async def handle(data: bytes, delivery: Delivery) -> None:
+        job = decode(InferJob, data)
+        tlog = task_logger(log, job.task_id, "infer")
+        if not serves(job.options.model, engine.name):
+            raise PermanentError(f"model {job.options.model!r} is not served here (this deployment runs {engine.name})")
+        await ctx.event(job.task_id, "stage", stage="transcribing", progress=PROGRESS["transcribing"])
+        last = PROGRESS["transcribing"]
+
+        async def on_progress(done: int, total: int) -> None:
+            nonlocal last
+            value = transcribing_progress(done, total)
+            if value > last:
+                last = value
+                await ctx.event(job.task_id, "progress", stage="transcribing", progress=value)
+
+        with tempfile.TemporaryDirectory(dir=ctx.work_dir) as tmp:
+            pcm = Path(tmp) / "audio.pcm"
+            try:
+                await get_to_file(ctx.store, job.audio, pcm)
+            except ObjectMissing:
+                raise PermanentError("the decoded audio is gone (task deleted or expired)") from None
+            transcript = await transcribe_job(batcher, pcm, job, model=engine.name, on_progress=on_progress)
+        name = object_name(job.task_id, "transcript.json")
+        await put_bytes(ctx.store, name, encode(transcript))
+        tlog.info("transcribed %d segments, %d characters", len(job.segments), len(transcript.text))
+        await publish_job(ctx.js, "format", FormatJob(job.task_id, name, job.filename, job.options), job.task_id)
+
+    async def on_dead(data: bytes, reason: str) -> None:
+        job = decode(InferJob, data)
+        await ctx.event(job.task_id, "failed", stage="transcribing", error=reason)
+
+    try:
+        await run_consumer(
+            ctx.js, "infer", handle, concurrency=settings.infer_concurrency, stop_event=ctx.stop, on_dead=on_dead
+        )
+    finally:
+        await batcher.close()
+
+
+if __name__ == "__main__":
+    main("infer", serve)
