@@ -136,6 +136,7 @@ async def connect(url: str, name: str, *, first_connect_timeout: float | None = 
         servers=[url],
         name=name,
         max_reconnect_attempts=-1,
+        drain_timeout=5,  # a drain waits on pending pull requests; do not hold a stopping service for 30 s
         reconnect_time_wait=1,  # between first-connect attempts; reconnects use _reconnect_delay
         reconnect_to_server_handler=_reconnect_delay,
         error_cb=on_error,
@@ -344,6 +345,15 @@ async def _bounded(name: str, pending: Awaitable[ObjectStore.ObjectResult], time
         raise ObjectMissing(name) from None
     except asyncio.TimeoutError:
         raise BusTimeout(f"object {name!r} not read within {timeout}s (deleted while reading?)") from None
+
+
+async def object_exists(store: ObjectStore, name: str) -> bool:
+    """Only complete objects have their info record, so a half-written put reads as missing."""
+    try:
+        await store.get_info(name)
+    except nats.js.errors.NotFoundError:
+        return False
+    return True
 
 
 async def delete_prefix(store: ObjectStore, task_id: str) -> int:

@@ -91,17 +91,20 @@ def decode_media(source: Source) -> DecodedAudio:
         buffer = _SampleBuffer(int(declared * SAMPLE_RATE * 1.01) + SAMPLE_RATE if declared else 0)
         resampler = _MonoResampler()
         skipped = 0
+        failure: av.FFmpegError | None = None
         try:
             for packet in container.demux(stream):
                 try:
                     frames = packet.decode()
                 except av.FFmpegError as exc:
                     skipped += 1
+                    failure = exc
                     log.debug("skipping undecodable packet at pts %s: %s", packet.pts, exc)
                     continue
                 for frame in frames:
                     buffer.extend(resampler.resample(frame))
         except av.FFmpegError as exc:
+            failure = exc
             log.warning("stopped reading media after %.1f s of audio: %s", buffer.size / SAMPLE_RATE, exc)
         try:
             buffer.extend(resampler.flush())
@@ -110,8 +113,9 @@ def decode_media(source: Source) -> DecodedAudio:
         if skipped:
             log.warning("skipped %d undecodable audio packet(s)", skipped)
         if buffer.size == 0:
-            if skipped:
-                raise MediaError(f"the audio stream ({stream.codec_context.name}) could not be decoded")
+            if failure is not None:
+                codec = stream.codec_context.name
+                raise MediaError(f"the {codec} audio stream could not be decoded ({_ffmpeg_reason(failure)})")
             raise MediaError("the audio stream is empty (zero duration)")
         return DecodedAudio(buffer.finish())
 

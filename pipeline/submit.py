@@ -11,7 +11,7 @@ from pathlib import Path
 import nats.errors
 from nats.js import api
 
-from pipeline.bus import Bus, object_store, publish_event, publish_job, put_file
+from pipeline.bus import Bus, object_exists, object_store, publish_event, publish_job, put_file
 from schemas.messages import TERMINAL_STATUSES, DecodeJob, TaskEvent, TaskOptions, decode
 from schemas.subjects import EVENT_PREFIX, EVENTS_STREAM, object_name
 
@@ -35,7 +35,9 @@ async def submit_file(
     path = Path(path)
     size = path.stat().st_size
     media = object_name(task_id, "media")
-    await put_file(await object_store(bus.js), media, path)
+    store = await object_store(bus.js)
+    if not await object_exists(store, media):  # a repeat must not replace an object a worker may be reading
+        await put_file(store, media, path)
     name = filename or path.name
     await publish_event(
         bus.js,

@@ -5,6 +5,9 @@ over an hour is ~112k Python-level calls, so the audio is cut into up to `_MAX_R
 run side by side as the rows of one batched call per frame. Each window (except the first) starts
 `_WARMUP_FRAMES` early and drops those outputs: the LSTM forgets its start state slowly, and
 ~6 s of real audio brings the probabilities within ~0.03 of a single pass over the whole file.
+
+Threads are the caller's choice (torch's setting is process-wide). On a busy machine, e.g. next to
+the infer service, one torch thread runs this several times faster than two fighting for cores.
 """
 
 from __future__ import annotations

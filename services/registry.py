@@ -42,9 +42,13 @@ async def follow_events(ctx: ServiceContext, store: RegistryStore) -> None:
             msgs = await sub.fetch(BATCH, timeout=1.0)
         except (nats.errors.TimeoutError, asyncio.TimeoutError):
             continue
+        except nats.errors.ConnectionClosedError:
+            raise
         except (nats.errors.Error, nats.js.errors.Error) as exc:
             log.warning("event fetch failed: %s", exc)
             await asyncio.sleep(1.0)
+            continue
+        if not msgs:
             continue
         items = []
         for msg in msgs:
@@ -98,6 +102,8 @@ async def fail_lost_jobs(ctx: ServiceContext) -> None:
             msgs = await sub.fetch(16, timeout=1.0)
         except (nats.errors.TimeoutError, asyncio.TimeoutError):
             continue
+        except nats.errors.ConnectionClosedError:
+            raise
         except (nats.errors.Error, nats.js.errors.Error) as exc:
             log.warning("advisory fetch failed: %s", exc)
             await asyncio.sleep(1.0)
@@ -129,7 +135,9 @@ async def serve(ctx: ServiceContext) -> None:
     store = RegistryStore(ctx.settings.db_path)
     try:
         await answer_requests(ctx, store)
-        await asyncio.gather(follow_events(ctx, store), sweep(ctx, store), fail_lost_jobs(ctx))
+        async with asyncio.TaskGroup() as tg:  # one loop failing stops the process; the supervisor restarts it
+            for loop in (follow_events(ctx, store), sweep(ctx, store), fail_lost_jobs(ctx)):
+                tg.create_task(loop)
     finally:
         store.close()
 

@@ -238,6 +238,15 @@ def test_corrupt_middle_is_skipped_like_ffmpeg(media_dir: Path) -> None:
     assert 0.7 * TONE_S < decoded.duration <= TONE_S
 
 
+def test_audio_that_never_decodes_is_refused(media_dir: Path) -> None:
+    data = bytearray((media_dir / "tone.m4a").read_bytes())
+    start, end = data.find(b"mdat") + 4, data.find(b"moov")
+    assert 4 < start < end  # samples first, index last: the index survives, the samples do not
+    data[start:end] = bytes(end - start)
+    with pytest.raises(MediaError, match="could not be decoded"):
+        decode_media(io.BytesIO(bytes(data)))
+
+
 def test_missing_file_is_an_os_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         decode_media(tmp_path / "absent.mp3")

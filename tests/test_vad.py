@@ -109,6 +109,7 @@ def test_three_minutes_of_speech_and_pauses(speech: list[np.ndarray]) -> None:
     assert any(s.start <= a / SR and b / SR <= s.end for s in segments for a, b in pauses)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_batched_probabilities_match_one_frame_at_a_time(speech: list[np.ndarray]) -> None:
     """The windowed batch must give the regions silero's own sequential loop gives."""
     from silero_vad import get_speech_timestamps, load_silero_vad

@@ -1,0 +1,203 @@
+"""End to end on the real stack: embedded nats-server, every service as a supervised process, tiny model."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.bus import object_store
+from pipeline.submit import submit_file, wait_for_task
+from schemas.messages import TaskOptions, Transcript, decode
+from tests.stack import Stack, registry_get, result_object, speech, task_events, wait_record, write_wav
+from tests.test_decode import encode
+from tests.test_engine_conformance import GOLDEN
+
+pytestmark = [pytest.mark.skipif(not GOLDEN.is_dir(), reason="gigaam-kit goldens not present"), pytest.mark.timeout(300)]
+
+
+@pytest.fixture
+def stack(tmp_path: Path):
+    s = Stack(tmp_path).start()
+    yield s
+    s.stop()
+
+
+CONTAINERS = [  # file name, audio codec, sample rate, video codec
+    ("talk-mp3.mp3", "libmp3lame", 16000, None),
+    ("talk-m4a.m4a", "aac", 16000, None),
+    ("talk-ogg.ogg", "libopus", 48000, None),
+    ("talk-flac.flac", "flac", 16000, None),
+    ("talk-webm.webm", "libopus", 48000, None),
+    ("clip-mp4.mp4", "aac", 16000, "libx264"),
+    ("clip-mkv.mkv", "libmp3lame", 16000, "mpeg4"),
+]
+
+
+def make_media(root: Path, name: str, codec: str, rate: int, video: str | None, samples: np.ndarray) -> Path:
+    if rate != 16000:
+        samples = np.repeat(samples, rate // 16000)  # crude upsampling is fine: only decodability matters
+    path = root / name
+    encode(path, samples, rate, codec, video=video)
+    return path
+
+
+async def test_media_in_every_container_completes_with_all_outputs(stack: Stack, tmp_path: Path) -> None:
+    bus = await stack.ready()
+    try:
+        samples = speech("02_speech_5s", "01_speech_2s")
+        files = [make_media(tmp_path, n, c, r, v, samples) for n, c, r, v in CONTAINERS]
+        files.append(write_wav(tmp_path / "Запись встречи.wav", samples))
+        opts = TaskOptions(write_output=True, formats=("txt", "srt", "json"), output_dir="team")
+        ids = [await submit_file(bus, f, options=opts) for f in files]
+        events = await asyncio.gather(*(wait_for_task(bus, t, timeout=180) for t in ids))
+        assert [e.type for e in events] == ["completed"] * len(files), [e.error for e in events]
+        for task_id, path, event in zip(ids, files, events):
+            record = await wait_record(bus, task_id)
+            assert (record.status, record.stage, record.progress) == ("completed", "done", 100)
+            assert record.filename == path.name and record.file_size == path.stat().st_size
+            assert record.media_duration == pytest.approx(samples.size / 16000, abs=0.1)
+            assert record.created_at <= record.started_at <= record.completed_at
+            assert record.processing_time > 0
+            assert record.text == event.text and record.text
+            assert set(record.outputs) == {"txt", "timecodes", "srt", "vtt", "json"}
+            transcript = decode(Transcript, await result_object(bus, record, "json"))
+            assert transcript.text == record.text and transcript.task_id == task_id
+            assert (await result_object(bus, record, "txt")).decode().split() == record.text.split()
+            assert "-->" in (await result_object(bus, record, "srt")).decode()
+            written = sorted(Path(p).name for p in event.output_paths)
+            assert written == sorted(f"{path.stem}{ext}" for ext in (".txt", ".srt", ".json"))
+            assert all(Path(p).parent == stack.output_dir / "team" for p in event.output_paths)
+        # lossless containers carry the same samples, so they give the same transcript
+        by_name = {p.name: e.text for p, e in zip(files, events)}
+        assert by_name["talk-flac.flac"] == by_name["Запись встречи.wav"]
+    finally:
+        await bus.close()
+
+
+async def test_bad_input_fails_fast_with_a_reason_and_is_not_retried(stack: Stack, tmp_path: Path) -> None:
+    bus = await stack.ready()
+    try:
+        bad = tmp_path / "report.mp3"
+        bad.write_bytes(b"definitely not an mp3 " * 100)
+        silent_video = tmp_path / "silent.mp4"
+        encode(silent_video, None, 16000, "aac", video="libx264")
+        empty = tmp_path / "empty.wav"
+        write_wav(empty, np.zeros(0, dtype=np.int16))
+        for path, reason in ((bad, "not a media file"), (silent_video, "no audio stream"), (empty, "")):
+            task_id = await submit_file(bus, path)
+            event = await wait_for_task(bus, task_id, timeout=60)
+            assert event.type == "failed" and path.name in event.error and reason in event.error
+            record = await wait_record(bus, task_id)
+            assert record.status == "failed" and record.error == event.error
+            stages = [e.stage for e in await task_events(bus, task_id) if e.type == "stage"]
+            assert stages == ["decoding"]  # one attempt, no retries
+    finally:
+        await bus.close()
+
+
+async def test_repeated_submit_with_the_same_id_makes_one_task(stack: Stack, tmp_path: Path) -> None:
+    bus = await stack.ready()
+    try:
+        wav = write_wav(tmp_path / "a.wav", speech("01_speech_2s"))
+        first = await submit_file(bus, wav, task_id="fixed-id-1")
+        again = await submit_file(bus, wav, task_id="fixed-id-1")
+        assert first == again == "fixed-id-1"
+        await wait_for_task(bus, first, timeout=60)
+        await asyncio.sleep(1.0)
+        events = await task_events(bus, first)
+        assert [e.type for e in events].count("completed") == 1
+        assert [e.type for e in events].count("submitted") == 1
+        assert [(e.type, e.stage) for e in events].count(("stage", "decoding")) == 1
+    finally:
+        await bus.close()
+
+
+async def test_silence_completes_with_an_empty_transcript(stack: Stack, tmp_path: Path) -> None:
+    bus = await stack.ready()
+    try:
+        wav = write_wav(tmp_path / "quiet.wav", np.zeros(16000 * 4, dtype=np.int16))
+        event = await wait_for_task(bus, await submit_file(bus, wav), timeout=60)
+        assert event.type == "completed" and event.text == ""
+    finally:
+        await bus.close()
+
+
+@pytest.mark.parametrize("victim,when", [("decode", "decoding"), ("infer", "transcribing"), ("format", "formatting"), ("registry", "decoding")])
+async def test_kill9_mid_task_still_completes_once(tmp_path: Path, victim: str, when: str) -> None:
+    stack = Stack(tmp_path).start()
+    bus = await stack.ready()
+    try:
+        wav = write_wav(tmp_path / "long.wav", speech("04_speech_23s", "03_speech_9s", "04_speech_23s", "02_speech_5s"))
+        task_id = await submit_file(bus, wav, options=TaskOptions(write_output=True, formats=("txt",)))
+        killed = None
+
+        def on_event(event) -> None:  # noqa: ANN001
+            nonlocal killed
+            if killed is None and event.stage == when:
+                killed = stack.kill9(victim)
+
+        event = await wait_for_task(bus, task_id, timeout=180, on_event=on_event)
+        assert killed is not None
+        assert event.type == "completed", event.error
+        record = await wait_record(bus, task_id)
+        assert record.status == "completed" and record.text == event.text
+        assert stack.pid(victim) != killed  # the supervisor restarted it
+        assert [e.type for e in await task_events(bus, task_id)].count("completed") == 1
+        outputs = sorted(p.name for p in stack.output_dir.rglob("*.txt"))
+        assert outputs == ["long.txt"]  # exactly one set of outputs, no duplicate with a suffix
+    finally:
+        await bus.close()
+        stack.stop()
+
+
+async def test_stack_restart_with_queued_tasks_completes_them_all(tmp_path: Path) -> None:
+    stack = Stack(tmp_path, services="registry,decode").start()  # no infer: tasks queue up
+    bus = await stack.ready(stages=("registry", "decode"))
+    wavs = [write_wav(tmp_path / f"q{i}.wav", speech("01_speech_2s", "02_speech_5s")[i * 800 :]) for i in range(4)]
+    ids = [await submit_file(bus, w) for w in wavs]
+    await bus.close()
+    stack.stop()
+
+    stack = Stack(tmp_path).start()  # same data dir: same NATS store and DuckDB
+    bus = await stack.ready()
+    try:
+        events = await asyncio.gather(*(wait_for_task(bus, t, timeout=180) for t in ids))
+        assert [e.type for e in events] == ["completed"] * 4
+        for task_id in ids:
+            assert (await wait_record(bus, task_id)).status == "completed"
+    finally:
+        await bus.close()
+        stack.stop()
+
+
+async def test_retention_removes_rows_objects_and_events(tmp_path: Path) -> None:
+    stack = Stack(tmp_path, GIGAAM_RETENTION="6").start()
+    bus = await stack.ready()
+    try:
+        wav = write_wav(tmp_path / "short.wav", speech("01_speech_2s"))
+        task_id = await submit_file(bus, wav)
+        assert (await wait_for_task(bus, task_id, timeout=60)).type == "completed"
+        assert await registry_get(bus, task_id) is not None or True  # may already be gone on a slow machine
+        store = await object_store(bus.js)
+        for _ in range(60):
+            await asyncio.sleep(0.5)
+            names = [i.name for i in (await _list(store)) if i.name.startswith(task_id)]
+            if await registry_get(bus, task_id) is None and not names and not await task_events(bus, task_id):
+                break
+        else:
+            raise AssertionError("task data outlived the retention")
+    finally:
+        await bus.close()
+        stack.stop()
+
+
+async def _list(store):  # noqa: ANN001, ANN202
+    import nats.js.errors
+
+    try:
+        return await store.list(ignore_deletes=True)
+    except nats.js.errors.NotFoundError:
+        return []
