@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -27,6 +28,15 @@ SPEECH_FILES = ["01_speech_2s.wav", "02_speech_5s.wav", "03_speech_9s.wav", "04_
 
 def golden(name: str) -> np.ndarray:
     return decode_media(os.path.join(GOLDEN_AUDIO, name)).samples
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Steady timings on a busy machine, where two torch threads fight other processes for cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
