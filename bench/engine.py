@@ -72,7 +72,9 @@ def calibrate(engine: Engine, target: float) -> float:
         return len(hyp.token_ids) / int(lens[0])
 
     lo, hi = -20.0, 20.0
-    for _ in range(18):
+    while rate(hi) > target and hi < 1e4:  # random joints can need a large shift
+        lo, hi = hi, hi * 2
+    for _ in range(24):
         mid = (lo + hi) / 2
         if rate(mid) > target:
             lo = mid

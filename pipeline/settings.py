@@ -51,6 +51,23 @@ class Settings:
     segment_max: float = 25.0  # VAD segment cap, seconds
     log_level: str = "INFO"
     log_json: bool = False
+    inbox_polling: bool = False  # poll the inbox instead of inotify (network and FUSE mounts)
+    inbox_stable_interval: float = 2.0  # seconds a file's size and mtime must stay unchanged before it is taken
+    inbox_rescan_interval: float = 60.0  # seconds between full inbox rescans (files added while down, lost events)
+    inbox_after: str = "move"  # after submission: move (to inbox_processed_dir) | keep | delete
+    inbox_processed_dir: str = ""  # empty: processed/ beside the inbox
+    inbox_failed_dir: str = ""  # empty: failed/ beside the inbox
+    api_max_upload_bytes: int = 2 * 1024**3  # largest accepted upload in bytes (413 above it)
+    api_rate_uploads: int = 10  # uploads per API key per rate window, across all API workers; 0: unlimited
+    api_rate_calls: int = 30  # other API calls per key per rate window; 0: unlimited
+    api_rate_window: float = 60.0  # seconds of the rate-limit window
+    api_keys_required: bool = True  # False: requests without a key act as one shared anonymous user
+    api_sync_timeout: float = 3600.0  # seconds POST /v1/audio/transcriptions waits for its transcript
+    api_public_url: str = ""  # base URL for links sent in webhooks (behind a proxy); empty: from the request
+    webhook_allow_private: bool = False  # allow callback_url on loopback, private and link-local addresses
+    webhook_max_attempts: int = 8  # deliveries of one webhook before it is given up
+    webhook_backoff: float = 5.0  # seconds before the first webhook retry; doubles each time, at most 1 h
+    webhook_timeout: float = 10.0  # seconds one webhook POST may take
 
     @property
     def nats_url_file(self) -> Path:

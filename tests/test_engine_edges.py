@@ -141,3 +141,26 @@ def test_tokenizer_size_must_match_head(tmp_path: Path) -> None:
     shutil.copy(GOLDEN / "models" / "v3_e2e_rnnt_tokenizer.model", tmp_path / "v3_e2e_ctc_tokenizer.model")
     with pytest.raises(CheckpointError, match="tokenizer has 1024 tokens but the head has 257"):
         Engine.from_checkpoint(tmp_path / "v3_e2e_ctc.ckpt", device="cpu")
+
+
+def test_rnnt_with_a_two_layer_prediction_network_matches_the_reference_loop() -> None:
+    """No official model has two LSTM layers, but the config allows it: the batched decoder must agree."""
+    import copy
+
+    from pipeline.asr.model import random_model
+    from pipeline.asr.tokenizer import CharTokenizer
+    from tests.test_engine_conformance import expected, reference_rnnt_trace
+
+    cfg = copy.deepcopy(expected("v3_rnnt")["cfg"])
+    cfg["head"]["decoder"]["pred_rnn_layers"] = 2
+    model = random_model(cfg, seed=3)
+    with torch.no_grad():
+        model.head.joint.joint_net[1].bias[model.blank_id] -= 1.0  # emit a few tokens
+    eng = Engine(model, CharTokenizer(cfg["decoding"]["vocabulary"]), device="cpu")
+    waves = [read_wav("02_speech_5s"), read_wav("01_speech_2s")]
+    batch = eng.transcribe(waves)
+    for w, res in zip(waves, batch):
+        encoded, elen, _ = eng.forward([torch.from_numpy(w)])
+        ref = reference_rnnt_trace(eng, encoded, int(elen[0]))
+        assert res.token_ids == ref["ids"] and res.token_frames == ref["frames"]
+    assert any(r.token_ids for r in batch)

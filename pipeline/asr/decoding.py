@@ -35,52 +35,64 @@ def rnnt_greedy(
     encoded: torch.Tensor,
     lengths: torch.Tensor,
     max_symbols: int = 10,
+    window: int = 8,
 ) -> list[Hypothesis]:
-    """Batched greedy RNN-T: one joint evaluation per step for every unfinished item at once.
+    """Batched greedy RNN-T with look-ahead over blank frames; decisions equal the reference loop.
 
-    Each item keeps its own frame pointer; the prediction network advances only for items that
-    emitted, and an item leaves its frame on blank or after `max_symbols` emissions (Quirk Q6).
+    The prediction output only changes on an emission, so the joint for the next `window` frames of
+    every item is evaluated in one matrix product with the current prediction: the first non-blank
+    frame is exactly where the frame-by-frame loop would emit next, and an all-blank window is
+    skipped whole. A step therefore costs one batched joint plus, for items that emitted, one LSTM
+    cell. An item leaves a frame after `max_symbols` emissions without checking blank (Quirk Q6).
     """
     device = encoded.device
-    batch = encoded.shape[0]
+    batch, _, frames = encoded.shape
     blank = head.decoder.blank_id
-    enc = head.joint.enc(encoded.transpose(1, 2).float())  # [B, T', J], projected once
+    joint = head.joint
+    enc = joint.enc(encoded.transpose(1, 2).float())  # [B, T', J], projected once
     lengths = lengths.to(device)
     g, state = head.decoder.initial(batch, device)
-    pred = head.joint.pred(g)
+    pred = joint.pred(g)
     t = torch.zeros(batch, dtype=torch.long, device=device)
-    emitted_here = torch.zeros(batch, dtype=torch.long, device=device)
-    rows = torch.arange(batch, device=device)
-    last_t = (lengths - 1).clamp(min=0)
-    steps_ids: list[torch.Tensor] = []
-    steps_frames: list[torch.Tensor] = []
-    steps_emit: list[torch.Tensor] = []
+    at_frame = torch.zeros(batch, dtype=torch.long, device=device)
+    offsets = torch.arange(window, device=device)
+    rows = torch.arange(batch, device=device)[:, None]
+    out_ids: list[torch.Tensor] = []
+    out_frames: list[torch.Tensor] = []
+    out_emit: list[torch.Tensor] = []
     active = lengths > 0
     while bool(active.any()):
-        frame = enc[rows, torch.minimum(t, last_t)]
-        k = head.joint.logits(frame, pred).argmax(dim=-1)
-        emit = active & (k != blank)
-        steps_ids.append(k)
-        steps_frames.append(t.clone())
-        steps_emit.append(emit)
+        idx = t[:, None] + offsets  # [B, W]
+        inside = idx < lengths[:, None]
+        logits = joint.joint_net(enc[rows, idx.clamp(max=frames - 1)] + pred[:, None, :])
+        labels = logits.argmax(dim=-1)  # [B, W]
+        hit = inside & (labels != blank)
+        first = torch.where(hit.any(dim=1), hit.to(torch.int8).argmax(dim=1), window)
+        emit = active & (first < window)
+        step = first.clamp(max=window - 1)
+        label = labels.gather(1, step[:, None])[:, 0]
+        frame = t + step
+        out_ids.append(label)
+        out_frames.append(frame)
+        out_emit.append(emit)
         if bool(emit.any()):
-            g_new, (h_new, c_new) = head.decoder.step(torch.where(emit, k, blank), state)
+            g_new, new_state = head.decoder.step(torch.where(emit, label, blank), state)
             sel = emit[:, None]
-            g = torch.where(sel, g_new, g)
-            state = (torch.where(sel[None], h_new, state[0]), torch.where(sel[None], c_new, state[1]))
-            pred = torch.where(sel, head.joint.pred(g_new), pred)
-        emitted_here = torch.where(emit, emitted_here + 1, emitted_here)
-        advance = active & (~emit | (emitted_here >= max_symbols))
-        t = torch.where(advance, t + 1, t)
-        emitted_here = torch.where(advance, torch.zeros_like(emitted_here), emitted_here)
+            state = tuple(torch.where(sel, new, old) for new, old in zip(new_state, state))
+            pred = torch.where(sel, joint.pred(g_new), pred)
+        at_frame = torch.where(emit, torch.where(first == 0, at_frame + 1, 1), at_frame)
+        capped = emit & (at_frame >= max_symbols)
+        t = torch.where(emit, frame, t + window)
+        t = torch.where(capped, t + 1, t)
+        at_frame = torch.where(capped | ~emit, 0, at_frame)
         active = t < lengths
-    if not steps_ids:
+    return _collect(out_ids, out_frames, out_emit, batch)
+
+
+def _collect(ids: list[torch.Tensor], frames: list[torch.Tensor], emits: list[torch.Tensor], batch: int) -> list[Hypothesis]:
+    if not ids:
         return [Hypothesis() for _ in range(batch)]
-    ids = torch.stack(steps_ids, 1).cpu()
-    frames = torch.stack(steps_frames, 1).cpu()
-    emits = torch.stack(steps_emit, 1).cpu()
-    hyps = []
-    for b in range(batch):
-        sel = emits[b]
-        hyps.append(Hypothesis(ids[b, sel].tolist(), frames[b, sel].tolist()))
-    return hyps
+    all_ids = torch.stack(ids, 1).cpu()
+    all_frames = torch.stack(frames, 1).cpu()
+    all_emits = torch.stack(emits, 1).cpu()
+    return [Hypothesis(all_ids[b, all_emits[b]].tolist(), all_frames[b, all_emits[b]].tolist()) for b in range(batch)]

@@ -1,0 +1,139 @@
+"""API keys, shared by every API worker through a NATS KV bucket.
+
+A key is `gam_` + 32 random letters and digits (about 190 bits). Only its SHA-256 is stored: with
+that much randomness no dictionary or brute force applies, so a slow salted hash buys nothing.
+Records are `key.<id>` entries; revoking rewrites the record, and workers learn it from a KV watch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import string
+import time
+from dataclasses import asdict, dataclass
+
+import nats.js.errors
+import orjson
+from nats.js.kv import KeyValue
+
+from pipeline.bus import Bus
+from pipeline.kvstore import cas, open_bucket
+
+KEYS_BUCKET = "gigaam_keys"
+RECORD_PREFIX = "key."
+SECRET_PREFIX = "gam_"
+SECRET_LENGTH = 32
+_ALPHABET = string.ascii_letters + string.digits
+_SECRET_RE = re.compile(rf"^{SECRET_PREFIX}[A-Za-z0-9]{{{SECRET_LENGTH}}}$")
+_BOOTSTRAP = "meta.bootstrap"  # created once, by whichever worker made the first key
+MAX_NAME = 100
+
+
+class UnknownKey(LookupError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: str
+    name: str
+    hash: str  # hex SHA-256 of the secret
+    created: float
+    last_used: float | None = None
+    revoked: float | None = None  # when it was revoked; None while active
+
+    @property
+    def active(self) -> bool:
+        return self.revoked is None
+
+
+def new_secret() -> str:
+    return SECRET_PREFIX + "".join(secrets.choice(_ALPHABET) for _ in range(SECRET_LENGTH))
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def well_formed(secret: str) -> bool:
+    """Cheap shape check so garbage never reaches the lookup."""
+    return bool(_SECRET_RE.match(secret))
+
+
+def parse_record(value: bytes | None) -> ApiKey | None:
+    if not value:
+        return None
+    doc = orjson.loads(value)
+    return ApiKey(**{k: doc.get(k) for k in ApiKey.__dataclass_fields__})
+
+
+async def keys_bucket(bus: Bus) -> KeyValue:
+    return await open_bucket(bus.js, KEYS_BUCKET)
+
+
+async def create_key(bus: Bus, name: str) -> tuple[str, ApiKey]:
+    """Returns the secret (shown once, never stored) and the stored record."""
+    name = " ".join(name.split())[:MAX_NAME] or "unnamed"
+    kv = await keys_bucket(bus)
+    secret = new_secret()
+    record = ApiKey(id=f"key_{secrets.token_hex(4)}", name=name, hash=hash_secret(secret), created=time.time())
+    await kv.create(RECORD_PREFIX + record.id, orjson.dumps(asdict(record)))
+    return secret, record
+
+
+async def list_keys(bus: Bus) -> list[ApiKey]:
+    """Every key, revoked ones included, oldest first."""
+    kv = await keys_bucket(bus)
+    watcher = await kv.watch(RECORD_PREFIX + ">", ignore_deletes=True)
+    records = []
+    try:
+        while (entry := await watcher.updates(timeout=10.0)) is not None:
+            record = parse_record(entry.value)
+            if record is not None:
+                records.append(record)
+    finally:
+        await watcher.stop()
+    return sorted(records, key=lambda r: r.created)
+
+
+async def revoke_key(bus: Bus, key_id: str) -> ApiKey:
+    """Idempotent: revoking a revoked key keeps its first revocation time."""
+    kv = await keys_bucket(bus)
+    now = time.time()
+
+    def revoke(current: dict | None) -> dict | None:
+        if current is None:
+            raise UnknownKey(f"no API key with id {key_id!r}")
+        return None if current.get("revoked") else {**current, "revoked": now}
+
+    try:
+        current, new = await cas(kv, RECORD_PREFIX + key_id, revoke)
+    except nats.js.errors.InvalidKeyError:
+        raise UnknownKey(f"no API key with id {key_id!r}") from None
+    record = parse_record(orjson.dumps(new or current))
+    assert record is not None
+    return record
+
+
+async def touch_key(kv: KeyValue, key_id: str, when: float) -> None:
+    """Records the last use; never resurrects a revoked key because the write is revision-guarded."""
+
+    def touch(current: dict | None) -> dict | None:
+        if current is None or current.get("revoked") or (current.get("last_used") or 0) >= when:
+            return None
+        return {**current, "last_used": when}
+
+    await cas(kv, RECORD_PREFIX + key_id, touch, attempts=3)
+
+
+async def bootstrap_key(bus: Bus) -> tuple[str, ApiKey] | None:
+    """The first key of a fresh deployment, made by exactly one of the workers starting together;
+    the others (and every later start) get None."""
+    kv = await keys_bucket(bus)
+    try:
+        await kv.create(_BOOTSTRAP, orjson.dumps({"at": time.time()}))
+    except nats.js.errors.KeyWrongLastSequenceError:
+        return None
+    return await create_key(bus, "first key")
