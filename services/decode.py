@@ -7,6 +7,8 @@ import logging
 import tempfile
 from pathlib import Path
 
+import torch
+
 from pipeline.bus import Delivery, ObjectMissing, PermanentError, get_to_file, publish_job, put_file, run_consumer
 from pipeline.decode import MediaError
 from pipeline.logs import task_logger
@@ -21,6 +23,9 @@ log = logging.getLogger(__name__)
 
 async def serve(ctx: ServiceContext) -> None:
     settings = ctx.settings
+    # Decoding and VAD are light; several one-thread jobs beat one two-thread job, and a shared
+    # machine's contention makes torch's multi-threaded small ops many times slower.
+    torch.set_num_threads(1)
 
     async def handle(data: bytes, delivery: Delivery) -> None:
         job = decode(DecodeJob, data)

@@ -1,0 +1,374 @@
+"""The watched inbox end to end: the real stack (embedded nats-server, every service supervised, tiny
+model) with files dropped into its inbox folder the ways users and Syncthing drop them."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import fnmatch
+import os
+import threading
+import time
+from pathlib import Path
+
+import nats.errors
+import numpy as np
+import orjson
+import pytest
+from nats.js import api
+
+from pipeline.bus import Bus
+from pipeline.output import TEMP_PATTERNS
+from schemas.messages import RegistryReply, RegistryRequest, TaskEvent, TaskRecord, decode, encode
+from schemas.subjects import EVENT_PREFIX, EVENTS_STREAM, registry_subject
+from tests.stack import Stack, speech, write_wav
+from tests.test_engine_conformance import GOLDEN
+
+pytestmark = [pytest.mark.skipif(not GOLDEN.is_dir(), reason="gigaam-kit goldens not present"), pytest.mark.timeout(240)]
+
+STAGES = ("registry", "decode", "infer", "format", "ingest")
+SPEECH = speech("01_speech_2s", "02_speech_5s")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("inbox")
+    s = Stack(
+        root, GIGAAM_INBOX_DIR=str(root / "inbox"), GIGAAM_INBOX_STABLE_INTERVAL="0.5",
+        GIGAAM_INBOX_RESCAN_INTERVAL="3",
+    ).start()
+    yield s
+    s.stop()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def clip(i: int, seconds: float = 1.0) -> np.ndarray:
+    """Distinct short speech for file i: the content hash tells files apart."""
+    start = (i * 397) % (SPEECH.size - int(seconds * 16000))
+    return SPEECH[start : start + int(seconds * 16000)]
+
+
+def wav_bytes(samples: np.ndarray, tmp: Path) -> bytes:
+    return write_wav(tmp, samples).read_bytes()
+
+
+async def eventually(check, timeout: float = 90.0, every: float = 0.2, what: str = ""):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what or check}")
+        await asyncio.sleep(every)
+
+
+async def inbox_tasks(bus: Bus, folder: str) -> list[TaskRecord]:
+    """Registry rows of inbox tasks whose file was in `folder` ("" for the inbox root)."""
+    body = encode(RegistryRequest(op="list", limit=1000))
+    reply = decode(RegistryReply, (await bus.nc.request(registry_subject("list"), body, timeout=5)).data)
+    return [t for t in reply.tasks if t.options and t.options.source == "inbox" and t.options.output_dir == folder]
+
+
+async def completed_per_task(bus: Bus) -> collections.Counter:
+    """How many completion events each task published, from the whole events stream."""
+    config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL, ack_policy=api.AckPolicy.NONE)
+    sub = await bus.js.pull_subscribe(f"{EVENT_PREFIX}.completed.>", stream=EVENTS_STREAM, config=config)
+    counts: collections.Counter = collections.Counter()
+    try:
+        while True:
+            try:
+                msgs = await sub.fetch(500, timeout=1.0)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                break
+            counts.update(decode(TaskEvent, m.data).task_id for m in msgs)
+    finally:
+        await sub.unsubscribe()
+    return counts
+
+
+def visible(root: Path) -> list[Path]:
+    """Files a Syncthing peer would receive: no temp names, no ownership records, no .stignore."""
+    if not root.exists():
+        return []
+    out = []
+    for path in root.rglob("*"):
+        parts = path.relative_to(root).parts
+        if path.is_file() and path.name != ".stignore" and not any(fnmatch.fnmatchcase(p, pat) for p in parts for pat in TEMP_PATTERNS):
+            out.append(path)
+    return out
+
+
+def names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+# --------------------------------------------------------------------------- completeness
+
+
+async def test_a_file_copied_slowly_is_taken_only_once_complete(stack: Stack, tmp_path: Path) -> None:
+    bus = await stack.ready(STAGES)
+    try:
+        data = wav_bytes(speech("02_speech_5s"), tmp_path / "slow.wav")
+        target = stack.root / "inbox" / "slow" / "slow.wav"
+        target.parent.mkdir(parents=True)
+        chunks = [data[i : i + len(data) // 16] for i in range(0, len(data), len(data) // 16)]
+        with open(target, "wb") as fh:  # pauses shorter than the stable interval, 3+ s in all
+            for chunk in chunks:
+                fh.write(chunk)
+                fh.flush()
+                await asyncio.sleep(0.2)
+                assert target.exists(), "taken while still being written"
+        last_write = time.time()
+        out = stack.output_dir / "slow" / "slow.txt"
+        await eventually(out.exists, what="slow.txt")
+        [task] = await inbox_tasks(bus, "slow")
+        assert task.status == "completed" and task.file_size == len(data)
+        assert task.created_at >= last_write - 0.05
+        assert (stack.root / "processed" / "slow" / "slow.wav").read_bytes() == data
+        assert out.read_text().strip() == task.text.strip() and task.text
+    finally:
+        await bus.close()
+
+
+async def test_a_syncthing_temp_file_renamed_into_place_is_taken_once(stack: Stack, tmp_path: Path) -> None:
+    bus = await stack.ready(STAGES)
+    try:
+        folder = stack.root / "inbox" / "phone"
+        folder.mkdir(parents=True)
+        temps = {".syncthing.rec.wav.tmp": "rec.wav", "~syncthing~memo.m4a.wav.tmp": "memo.wav"}
+        contents = {final: wav_bytes(clip(i, 3.0), tmp_path / final) for i, final in enumerate(temps.values())}
+        handles = {temp: open(folder / temp, "wb") for temp in temps}
+        try:  # pauses longer than the stable interval: only the name keeps them from being taken
+            for part in range(3):
+                for temp, final in temps.items():
+                    data = contents[final]
+                    handles[temp].write(data[part * len(data) // 3 : (part + 1) * len(data) // 3])
+                    handles[temp].flush()
+                await asyncio.sleep(0.8)
+        finally:
+            for fh in handles.values():
+                fh.close()
+        await asyncio.sleep(1.0)
+        assert sorted(names(folder)) == sorted(temps) and await inbox_tasks(bus, "phone") == []
+        for temp, final in temps.items():
+            os.rename(folder / temp, folder / final)
+        for final in temps.values():
+            await eventually((stack.output_dir / "phone" / final.replace(".wav", ".txt")).exists, what=final)
+        await asyncio.sleep(3.5)  # a rescan later, nothing more happens
+        tasks = await inbox_tasks(bus, "phone")
+        assert sorted(t.filename for t in tasks) == ["memo.wav", "rec.wav"]
+        assert all(t.status == "completed" for t in tasks)
+        assert names(stack.root / "processed" / "phone") == ["memo.wav", "rec.wav"] and names(folder) == []
+        assert sorted(p.name for p in visible(stack.output_dir / "phone")) == sorted(
+            f"{stem}{ext}" for stem in ("memo", "rec") for ext in (".json", ".srt", ".txt")
+        )
+    finally:
+        await bus.close()
+
+
+# --------------------------------------------------------------------------- layout and options
+
+
+async def test_nested_folders_and_folder_options(stack: Stack, tmp_path: Path) -> None:
+    bus = await stack.ready(STAGES)
+    try:
+        inbox = stack.root / "inbox"
+        (inbox / "team" / "sub").mkdir(parents=True)
+        (inbox / "team" / ".gigaam.toml").write_text('formats = ["txt", "vtt"]\n')
+        (inbox / "wrongmodel").mkdir()
+        (inbox / "wrongmodel" / ".gigaam.toml").write_text('model = "v3_rnnt"\n')
+        write_wav(inbox / "team" / "sub" / "Встреча.wav", clip(1, 2.0))
+        write_wav(inbox / "team" / "top.wav", clip(2, 2.0))
+        write_wav(inbox / "wrongmodel" / "c.wav", clip(3, 2.0))
+        out = stack.output_dir
+        await eventually(lambda: (out / "team" / "sub" / "Встреча.vtt").exists() and (out / "team" / "top.vtt").exists())
+        assert sorted(str(p.relative_to(out / "team")) for p in visible(out / "team")) == [
+            "sub/Встреча.txt", "sub/Встреча.vtt", "top.txt", "top.vtt"
+        ]
+        [task] = await inbox_tasks(bus, "team/sub")
+        assert task.options.formats == ("txt", "vtt") and task.options.output_stem == "Встреча"
+        # the model the folder asked for is not served here: the task fails and says so
+        note = stack.root / "failed" / "wrongmodel" / "c.wav.error.txt"
+        await eventually(note.exists, what="c.wav.error.txt")
+        assert "v3_rnnt" in note.read_text() and "not served" in note.read_text()
+        assert (stack.root / "failed" / "wrongmodel" / "c.wav").exists()
+        assert not (stack.root / "processed" / "wrongmodel" / "c.wav").exists()
+        [failed] = await inbox_tasks(bus, "wrongmodel")
+        assert failed.status == "failed" and failed.options.model == "v3_rnnt" and failed.task_id in note.read_text()
+    finally:
+        await bus.close()
+
+
+async def test_undecodable_files_land_in_failed_with_their_reason(stack: Stack) -> None:
+    bus = await stack.ready(STAGES)
+    try:
+        folder = stack.root / "inbox" / "broken"
+        folder.mkdir(parents=True)
+        (folder / "garbage.mp3").write_bytes(b"not audio at all " * 500)  # refused by the local probe
+        write_wav(folder / "empty.wav", np.zeros(0, dtype=np.int16))  # probes fine, fails in decode
+        (folder / "readme.txt").write_text("not media: stays")
+        (stack.root / "inbox" / "badopts").mkdir()
+        (stack.root / "inbox" / "badopts" / ".gigaam.toml").write_text("formats = [docx]\n")
+        write_wav(stack.root / "inbox" / "badopts" / "d.wav", clip(4))
+        failed = stack.root / "failed"
+        notes = [failed / "broken" / "garbage.mp3.error.txt", failed / "broken" / "empty.wav.error.txt",
+                 failed / "badopts" / "d.wav.error.txt"]
+        await eventually(lambda: all(n.exists() for n in notes), what="error notes")
+        assert "not a media file" in notes[0].read_text()
+        assert "empty" in notes[1].read_text() and "inbox-" in notes[1].read_text()
+        assert ".gigaam.toml" in notes[2].read_text() and "not valid TOML" in notes[2].read_text()
+        assert names(failed / "broken") == ["empty.wav", "empty.wav.error.txt", "garbage.mp3", "garbage.mp3.error.txt"]
+        assert names(folder) == ["readme.txt"]
+        [task] = await inbox_tasks(bus, "broken")  # only the file that passed the probe became a task
+        assert task.filename == "empty.wav" and task.status == "failed"
+    finally:
+        await bus.close()
+
+
+# --------------------------------------------------------------------------- output folder
+
+
+async def test_outputs_appear_atomically(stack: Stack, tmp_path: Path) -> None:
+    """A peer scanning the output folder at any moment sees whole files or nothing."""
+    bus = await stack.ready(STAGES)
+    out = stack.output_dir / "atomic"
+    first_seen: dict[Path, bytes] = {}
+    broken: list[str] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            for path in visible(out):
+                try:
+                    data = path.read_bytes()
+                except FileNotFoundError:
+                    continue
+                first_seen.setdefault(path, data)
+                if path.suffix == ".json":
+                    try:
+                        orjson.loads(data)
+                    except orjson.JSONDecodeError:
+                        broken.append(path.name)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        folder = stack.root / "inbox" / "atomic"
+        folder.mkdir(parents=True)
+        for i in range(6):
+            write_wav(folder / f"part{i}.wav", clip(10 + i, 4.0))
+        await eventually(lambda: len(visible(out)) == 18, what="18 outputs")
+        await asyncio.sleep(0.5)
+    finally:
+        stop.set()
+        watcher.join()
+        await bus.close()
+    assert not broken
+    assert len(first_seen) == 18
+    assert {p: p.read_bytes() for p in first_seen} == first_seen  # what was first seen was already final
+
+
+# --------------------------------------------------------------------------- bursts and crashes
+
+
+async def burst(stack: Stack, tmp_path: Path, folder: str, count: int) -> tuple[Path, list[str]]:
+    """Writes `count` distinct short WAVs into `inbox/<folder>` at once (txt output only)."""
+    inbox = stack.root / "inbox" / folder
+    staging = tmp_path / folder
+    staging.mkdir()
+    stems = [f"f{i:03d}" for i in range(count)]
+    for i, stem in enumerate(stems):
+        write_wav(staging / f"{stem}.wav", clip(100 + i, 0.6))
+    (staging / ".gigaam.toml").write_text('formats = ["txt"]\n')
+    os.rename(staging, inbox)  # every file appears at the same moment
+    return inbox, stems
+
+
+async def assert_each_exactly_once(stack: Stack, bus: Bus, folder: str, stems: list[str]) -> None:
+    out = stack.output_dir / folder
+    await eventually(lambda: len(visible(out)) >= len(stems), timeout=150, every=0.5, what=f"{len(stems)} outputs")
+    await asyncio.sleep(1.0)
+    assert sorted(p.name for p in visible(out)) == [f"{s}.txt" for s in stems]  # no "f001 (2).txt"
+    assert names(stack.root / "processed" / folder) == [f"{s}.wav" for s in stems]
+    assert names(stack.root / "inbox" / folder) == []
+    tasks = await eventually(
+        lambda: _all_completed(bus, folder, len(stems)), timeout=30, what="registry rows"
+    )
+    assert sorted(t.filename for t in tasks) == [f"{s}.wav" for s in stems]
+    completed = await completed_per_task(bus)
+    assert [completed[t.task_id] for t in tasks] == [1] * len(stems)
+
+
+async def _all_completed(bus: Bus, folder: str, count: int) -> list[TaskRecord] | None:
+    tasks = await inbox_tasks(bus, folder)
+    return tasks if len(tasks) >= count and all(t.status == "completed" for t in tasks) else None
+
+
+async def test_a_hundred_files_dropped_at_once_complete_exactly_once(stack: Stack, tmp_path: Path) -> None:
+    bus = await stack.ready(STAGES)
+    try:
+        _, stems = await burst(stack, tmp_path, "hundred", 100)
+        await assert_each_exactly_once(stack, bus, "hundred", stems)
+    finally:
+        await bus.close()
+
+
+async def test_the_ingester_killed_mid_burst_misses_none_and_duplicates_none(stack: Stack, tmp_path: Path) -> None:
+    bus = await stack.ready(STAGES)
+    try:
+        victim = stack.pid("ingest")
+        _, stems = await burst(stack, tmp_path, "crash", 60)
+        processed = stack.root / "processed" / "crash"
+        await eventually(lambda: len(names(processed)) >= 15, every=0.02, what="a quarter taken")
+        stack.kill9("ingest")
+        assert len(names(processed)) < 60, "too late to test a crash mid-burst"
+        await assert_each_exactly_once(stack, bus, "crash", stems)
+        assert stack.pid("ingest") != victim
+    finally:
+        await bus.close()
+
+
+# --------------------------------------------------------------------------- polling, keep
+
+
+async def test_polling_mode_keeps_files_and_never_resubmits_them(tmp_path: Path) -> None:
+    """`GIGAAM_INBOX_POLLING=1` (network and FUSE mounts) with `GIGAAM_INBOX_AFTER=keep`: the kept file
+    is seen by every rescan and by a restarted ingester, yet submitted once, even after the
+    registry forgot its task."""
+    stack = Stack(
+        tmp_path, GIGAAM_INBOX_DIR=str(tmp_path / "inbox"), GIGAAM_INBOX_POLLING="1", GIGAAM_INBOX_AFTER="keep",
+        GIGAAM_INBOX_STABLE_INTERVAL="0.5", GIGAAM_INBOX_RESCAN_INTERVAL="1",
+    ).start()
+    bus = await stack.ready(STAGES)
+    try:
+        (tmp_path / "inbox" / "a").mkdir(parents=True)
+        kept = write_wav(tmp_path / "inbox" / "a" / "kept.wav", clip(7, 2.0))
+        await eventually((stack.output_dir / "a" / "kept.txt").exists, what="kept.txt")
+        [task] = await eventually(lambda: inbox_tasks(bus, "a"), what="the task row")
+        await asyncio.sleep(2.5)  # two rescans see the kept file again
+        body = encode(RegistryRequest(op="delete", task_id=task.task_id))
+        assert decode(RegistryReply, (await bus.nc.request(registry_subject("delete"), body, timeout=5)).data).ok
+        victim = stack.kill9("ingest")
+        await eventually(lambda: _restarted(stack, victim), what="the ingester's restart")
+        await stack.ready(("ingest",))
+        await asyncio.sleep(2.5)  # the restarted ingester rescanned; only its ledger knows the file
+        log = stack.log.read_text()
+        assert "(polling," in log
+        assert log.count("submitted a/kept.wav") == 1
+        assert kept.exists() and names(stack.output_dir / "a") == ["kept.json", "kept.srt", "kept.txt"]
+        assert not (tmp_path / "processed").exists()
+    finally:
+        await bus.close()
+        stack.stop()
+
+
+def _restarted(stack: Stack, victim: int) -> bool:
+    try:
+        return stack.pid("ingest") != victim
+    except (FileNotFoundError, ValueError):
+        return False
