@@ -201,3 +201,57 @@ async def _list(store):  # noqa: ANN001, ANN202
         return await store.list(ignore_deletes=True)
     except nats.js.errors.NotFoundError:
         return []
+
+
+async def test_a_job_that_keeps_failing_is_dead_lettered_and_its_task_failed(tmp_path: Path) -> None:
+    from nats.js import api
+
+    from pipeline.bus import HDR_STAGE, dead_reason, object_store, publish_job, put_bytes
+    from schemas.subjects import DLQ_STREAM, dlq_subject
+
+    stack = Stack(tmp_path, GIGAAM_MAX_DELIVER="2").start()
+    bus = await stack.ready()
+    try:
+        # a job whose segments cannot be read: every delivery fails the same (non-permanent) way
+        job = b'{"task_id": "broken-1", "audio": "broken-1/audio.pcm", "num_samples": 16000, "duration": 1.0,' \
+              b' "segments": [{"start": "soon", "end": 1.0}], "filename": "x.wav"}'
+        await put_bytes(await object_store(bus.js), "broken-1/audio.pcm", b"\0\0" * 16000)
+        await publish_job(bus.js, "infer", job, "broken-1")
+        record = await wait_record(bus, "broken-1", ("failed",), timeout=60)
+        assert "after 2 deliveries" in record.error and "TypeError" in record.error
+        config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL, ack_policy=api.AckPolicy.NONE)
+        sub = await bus.js.pull_subscribe(dlq_subject("infer"), stream=DLQ_STREAM, config=config)
+        (dead,) = await sub.fetch(1, timeout=5)
+        assert dead.data == job and dead.headers[HDR_STAGE] == "infer"
+        assert "TypeError" in dead_reason(dead.headers)
+    finally:
+        await bus.close()
+        stack.stop()
+
+
+async def test_two_infer_processes_share_the_work(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    stack = Stack(tmp_path).start()
+    bus = await stack.ready()
+    extra_log = tmp_path / "infer2.log"
+    env = {**stack.env, "GIGAAM_NATS_URL": stack.url}
+    with open(extra_log, "wb") as log:
+        extra = subprocess.Popen([sys.executable, "-m", "services.infer"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        while "consumer gigaam-infer: started" not in extra_log.read_text(errors="replace"):
+            assert extra.poll() is None, extra_log.read_text()
+            await asyncio.sleep(0.3)
+        wav = write_wav(tmp_path / "w.wav", speech("04_speech_23s", "03_speech_9s"))
+        ids = [await submit_file(bus, wav, task_id=f"share-{i}") for i in range(12)]
+        events = await asyncio.gather(*(wait_for_task(bus, t, timeout=240) for t in ids))
+        assert all(e.type == "completed" for e in events)
+        ours = extra_log.read_text(errors="replace").count("transcribed ")
+        theirs = stack.log.read_text(errors="replace").count("infer __main__: transcribed ")
+        assert ours >= 1 and theirs >= 1 and ours + theirs == 12, (ours, theirs)
+    finally:
+        extra.terminate()
+        extra.wait(30)
+        await bus.close()
+        stack.stop()

@@ -15,6 +15,7 @@ from schemas.messages import TERMINAL_STATUSES, RegistryReply, RegistryRequest, 
 from schemas.subjects import registry_subject
 
 REGISTRY_TIMEOUT = 5.0
+_STAGE_TEXTS = {"decoding": "status_decoding", "transcribing": "status_transcribing", "formatting": "status_formatting"}
 
 
 async def registry_call(bus: Bus, query: RegistryRequest) -> RegistryReply:
@@ -57,8 +58,7 @@ def status_message(record: TaskRecord, lang: str) -> str:
     if record.status == "failed":
         return text("status_failed", lang, error=record.error or "?")
     if record.status == "processing":
-        key = f"status_{record.stage}"
-        return text(key if key in ("status_decoding", "status_transcribing", "status_formatting") else "status_transcribing", lang)
+        return text(_STAGE_TEXTS.get(record.stage, "status_transcribing"), lang)
     return text(f"status_{record.status}", lang)
 
 

@@ -82,6 +82,9 @@ def _fetch(url: str, target: Path, label: str, progress: Progress | None, timeou
                     raise DownloadError(f"{url}: got {done} of {total} bytes")
             out.flush()
             os.fsync(out.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o644 & ~umask)  # mkstemp makes 0600; services may run as another user
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
