@@ -255,3 +255,39 @@ async def test_two_infer_processes_share_the_work(tmp_path: Path) -> None:
         extra.wait(30)
         await bus.close()
         stack.stop()
+
+
+async def test_delete_removes_objects_and_a_lost_database_is_rebuilt_from_events(tmp_path: Path) -> None:
+    from pipeline.bus import request
+    from schemas.messages import RegistryReply, RegistryRequest, encode
+    from schemas.subjects import registry_subject
+
+    stack = Stack(tmp_path).start()
+    bus = await stack.ready()
+    wav = write_wav(tmp_path / "a.wav", speech("01_speech_2s"))
+    keep, drop = await submit_file(bus, wav), await submit_file(bus, wav)
+    for t in (keep, drop):
+        assert (await wait_for_task(bus, t, timeout=60)).type == "completed"
+    store = await object_store(bus.js)
+    assert any(i.name.startswith(drop) for i in await _list(store))
+    reply = decode(RegistryReply, await request(
+        bus.nc, registry_subject("delete"), encode(RegistryRequest(op="delete", task_id=drop)), 5.0))
+    assert reply.ok and reply.task.task_id == drop
+    assert not any(i.name.startswith(drop) for i in await _list(store))  # gone at once, not at expiry
+    assert await registry_get(bus, drop) is None
+    assert "deleted" in [e.type for e in await task_events(bus, drop)]
+    await bus.close()
+    stack.stop()
+
+    (stack.data_dir / "registry.duckdb").unlink()
+    for wal in stack.data_dir.glob("registry.duckdb.*"):
+        wal.unlink()
+    stack = Stack(tmp_path).start()
+    bus = await stack.ready()
+    try:
+        rebuilt = await wait_record(bus, keep, timeout=30)
+        assert rebuilt.status == "completed" and rebuilt.text
+        assert await registry_get(bus, drop) is None  # the deletion replays too
+    finally:
+        await bus.close()
+        stack.stop()

@@ -32,6 +32,7 @@ RELOAD_EVERY = 60.0
 class Principal:
     owner: str  # the registry's task owner: the key id, or "anonymous"
     rate_id: str  # whose rate-limit counters this request uses
+    key_hash: str | None  # signs this caller's webhooks; None for anonymous callers
 
 
 class KeyCache:
@@ -124,13 +125,13 @@ async def authenticate(request: Request) -> None:
     if secret is None:
         if api.settings.api_keys_required:
             raise ApiError(401, "missing_api_key", headers={"WWW-Authenticate": "Bearer"})
-        request.ctx.principal = Principal(owner=ANONYMOUS, rate_id=f"ip-{request.remote_addr or request.ip}")
+        request.ctx.principal = Principal(ANONYMOUS, f"ip-{request.remote_addr or request.ip}", None)
         return
     record = api.keys.lookup(secret)
     if record is None:
         raise ApiError(401, "invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
     api.keys.touch(record)
-    request.ctx.principal = Principal(owner=record.id, rate_id=record.id)
+    request.ctx.principal = Principal(record.id, record.id, record.hash)
 
 
 async def _sleep_unless(event: asyncio.Event, seconds: float) -> None:

@@ -55,12 +55,8 @@ class TargetRefused(ValueError):
     pass
 
 
-def signing_key(secret: str) -> str:
-    """The HMAC key: hex SHA-256 of the API key, so the server never needs the key itself."""
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
 def sign(key_hash: str, body: bytes) -> str:
+    """The HMAC key is the hex SHA-256 of the API key: what the server stores, never the key itself."""
     return "sha256=" + hmac.new(key_hash.encode(), body, hashlib.sha256).hexdigest()
 
 
