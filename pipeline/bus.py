@@ -124,7 +124,8 @@ async def connect(url: str, name: str, *, first_connect_timeout: float | None = 
             log.debug("nats %s: %s", name, exc)
 
     async def on_disconnect() -> None:
-        log.warning("nats %s: disconnected from %s", name, url)
+        if not nc.is_closed:  # a deliberate close also reports a disconnect
+            log.warning("nats %s: disconnected from %s", name, url)
 
     async def on_reconnect() -> None:
         log.info("nats %s: reconnected to %s", name, url)

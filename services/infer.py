@@ -12,7 +12,10 @@ import tempfile
 from pathlib import Path
 
 from pipeline.asr.catalog import UnknownModel, resolve_name
+from pipeline.asr.checkpoint import CheckpointError
+from pipeline.asr.engine import Engine
 from pipeline.asr.loader import load_engine
+from pipeline.asr.store import DownloadError, ModelNotFound
 from pipeline.bus import Delivery, ObjectMissing, PermanentError, get_to_file, publish_job, put_bytes, run_consumer
 from pipeline.batcher import SegmentBatcher
 from pipeline.logs import task_logger
@@ -24,6 +27,8 @@ from schemas.subjects import object_name
 
 log = logging.getLogger(__name__)
 
+RETRY_MODEL_S = 30.0
+
 
 def serves(requested: str | None, served: str) -> bool:
     if not requested:
@@ -34,10 +39,27 @@ def serves(requested: str | None, served: str) -> bool:
         return requested == served
 
 
+async def open_engine(ctx: ServiceContext) -> Engine | None:
+    """Keeps trying (one clear log line per attempt) instead of crash-looping without a model."""
+    while not ctx.stop.is_set():
+        try:
+            return await asyncio.to_thread(load_engine, ctx.settings, download=True)
+        except (ModelNotFound, CheckpointError, UnknownModel, DownloadError, ValueError) as exc:
+            log.error("cannot load the model: %s (retrying in %.0f s)", exc, RETRY_MODEL_S)
+        try:
+            await asyncio.wait_for(ctx.stop.wait(), RETRY_MODEL_S)
+        except asyncio.TimeoutError:
+            pass
+    return None
+
+
 async def serve(ctx: ServiceContext) -> None:
     settings = ctx.settings
-    engine = await asyncio.to_thread(load_engine, settings)
-    ctx.info.update(model=engine.name, device=str(engine.device), precision=engine.precision)
+    ctx.info["ready"] = False  # pings answer, but say the model is not loaded yet
+    engine = await open_engine(ctx)
+    if engine is None:
+        return
+    ctx.info.update(ready=True, model=engine.name, device=str(engine.device), precision=engine.precision)
     log.info("engine ready: %s on %s (%s)", engine.name, engine.device, engine.precision)
     batcher = SegmentBatcher(engine.transcribe, max_batch=settings.infer_batch_size, max_wait=settings.infer_batch_wait)
 

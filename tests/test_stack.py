@@ -291,3 +291,18 @@ async def test_delete_removes_objects_and_a_lost_database_is_rebuilt_from_events
     finally:
         await bus.close()
         stack.stop()
+
+
+async def test_missing_model_is_reported_once_per_attempt_without_crash_looping(tmp_path: Path) -> None:
+    stack = Stack(tmp_path, GIGAAM_MODEL=str(tmp_path / "nowhere" / "v3_ctc.ckpt")).start()
+    bus = await stack.ready(stages=("registry", "decode", "format", "infer"))
+    try:
+        first = stack.pid("infer")
+        task_id = await submit_file(bus, write_wav(tmp_path / "a.wav", speech("01_speech_2s")))
+        await asyncio.sleep(4)
+        assert stack.pid("infer") == first  # alive and waiting, not restarting
+        assert "cannot load the model: model file" in stack.log.read_text(errors="replace")
+        assert (await registry_get(bus, task_id)).status in ("pending", "processing")  # queued, not failed
+    finally:
+        await bus.close()
+        stack.stop()
