@@ -58,6 +58,12 @@ def calibrate(engine: Engine, target: float) -> float:
     """Shift the blank logit (bisection) until greedy decoding emits `target` tokens per frame."""
     audio = [torch.from_numpy(speech(10.0))]
     encoded, lens, _ = engine.forward(audio)
+    if engine.model.kind == "rnnt":
+        # A random prediction network swings the joint so far that one emission locks every later
+        # frame at the symbol cap; damping its projection (same compute) lets frames drive decisions.
+        with torch.no_grad():
+            engine.model.head.joint.pred.weight.mul_(0.05)
+            engine.model.head.joint.pred.bias.zero_()
     bias = blank_bias(engine)
     base = float(bias.detach()[engine.model.blank_id])
 
@@ -173,6 +179,12 @@ def _encode_batch(engine: Engine, segs: list[np.ndarray]) -> tuple[torch.Tensor,
     return encoded.float(), elen, None
 
 
+def best_of(repeats: int, fn, *args):  # noqa: ANN001, ANN201
+    """Least wall time of a few runs: on a shared machine the minimum is the least disturbed."""
+    runs = [fn(*args) for _ in range(repeats)]
+    return min(runs, key=lambda r: r[0])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="v3_ctc,v3_rnnt,v3_e2e_ctc,v3_e2e_rnnt")
@@ -180,7 +192,8 @@ def main() -> None:
     ap.add_argument("--batches", default="1,4,16")
     ap.add_argument("--lengths", default="10,20")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--audio", type=float, default=80.0, help="seconds of audio per measurement (min: one batch)")
+    ap.add_argument("--audio", type=float, default=40.0, help="seconds of audio per measurement (min: one batch)")
+    ap.add_argument("--repeats", type=int, default=2, help="runs per measurement; the fastest counts")
     ap.add_argument("--json", type=Path, help="also write the rows to this file")
     args = ap.parse_args()
     if args.device == "cpu":
@@ -189,33 +202,33 @@ def main() -> None:
         print(f"device: {torch.cuda.get_device_name(torch.device(args.device))}")
     rows = []
     for name in args.models.split(","):
+        baselines: dict[float, float] = {}
         for precision in args.precisions.split(","):
             engine = build(name, args.device, precision)
             rate = calibrate(engine, TARGET_RATE[name])
             print(f"\n{name} {precision}: {rate:.3f} tokens per encoder frame after blank shift")
             for seconds in (float(x) for x in args.lengths.split(",")):
                 seg = speech(seconds)
-                base_n = max(2, int(args.audio / seconds / 4))
-                if precision == args.precisions.split(",")[0]:
-                    engine.transcribe([seg])  # warm-up
-                    b_wall, b_dec = run_baseline(engine, [seg] * base_n)
-                    base_rtf = base_n * seconds / b_wall
+                engine.transcribe([seg])  # warm-up
+                if seconds not in baselines:  # the reference way: fp32, one at a time, per-utterance decoding
+                    base_n = max(2, int(args.audio / seconds / 2))
+                    b_wall, b_dec = best_of(args.repeats, run_baseline, engine, [seg] * base_n)
+                    baselines[seconds] = base_n * seconds / b_wall
                     print(f"  {seconds:>4.0f}s baseline (1 at a time, per-utterance decoding): "
-                          f"RTF {base_rtf:7.1f}x  decode {100 * b_dec / b_wall:4.1f}%")
+                          f"RTF {baselines[seconds]:7.1f}x  decode {100 * b_dec / b_wall:4.1f}%")
                     rows.append(dict(model=name, precision=precision, seconds=seconds, batch=1, mode="baseline",
-                                     rtf=base_rtf, decode_share=b_dec / b_wall, tokens_per_frame=rate))
-                    baseline_rtf = base_rtf
+                                     rtf=baselines[seconds], decode_share=b_dec / b_wall, tokens_per_frame=rate))
                 for batch in (int(x) for x in args.batches.split(",")):
                     n = max(batch, int(args.audio / seconds) // batch * batch)
                     segs = [seg] * n
                     engine.max_batch = batch
                     engine.transcribe(segs[:batch])  # warm-up at this shape
-                    wall, dec = run_engine(engine, segs, batch)
+                    wall, dec = best_of(args.repeats, run_engine, engine, segs, batch)
                     rtf = n * seconds / wall
                     print(f"  {seconds:>4.0f}s batch {batch:>2}: RTF {rtf:7.1f}x  decode {100 * dec / wall:4.1f}%  "
-                          f"x{rtf / baseline_rtf:.2f} vs baseline")
+                          f"x{rtf / baselines[seconds]:.2f} vs baseline")
                     rows.append(dict(model=name, precision=precision, seconds=seconds, batch=batch, mode="engine",
-                                     rtf=rtf, decode_share=dec / wall, vs_baseline=rtf / baseline_rtf,
+                                     rtf=rtf, decode_share=dec / wall, vs_baseline=rtf / baselines[seconds],
                                      tokens_per_frame=rate))
             del engine
     if args.json:

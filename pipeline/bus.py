@@ -420,10 +420,17 @@ async def run_consumer(
     `drain_timeout`); cancelling the task instead naks running jobs so another worker gets them now.
     """
     name = consumer_name(stage)
-    try:
-        info = await js.consumer_info(JOBS_STREAM, name)
-    except nats.js.errors.NotFoundError:
-        raise RuntimeError(f"consumer {name} on {JOBS_STREAM} does not exist: run ensure_layout first") from None
+    while True:  # a broker that is restarting must not kill the service
+        try:
+            info = await js.consumer_info(JOBS_STREAM, name)
+            break
+        except nats.js.errors.NotFoundError:
+            raise RuntimeError(f"consumer {name} on {JOBS_STREAM} does not exist: run ensure_layout first") from None
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError) as exc:
+            log.warning("consumer %s: JetStream not answering (%s), retrying", name, type(exc).__name__)
+            await _sleep_unless(stop_event, 1.0)
+            if stop_event.is_set():
+                return
     if max_deliver is None:
         max_deliver = info.config.max_deliver or -1
     if in_progress_every is None:

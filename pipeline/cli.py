@@ -181,6 +181,45 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+# -- keys -----------------------------------------------------------------------------------
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    import asyncio
+    from datetime import datetime
+
+    from pipeline.bus import connect
+    from pipeline.keys import UnknownKey, create_key, list_keys, revoke_key
+
+    settings = _settings(args)
+
+    def when(ts: float | None) -> str:
+        return "-" if ts is None else datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+    async def run() -> int:
+        bus = await connect(settings.resolved_nats_url(), "gigaam-cli", first_connect_timeout=10.0)
+        try:
+            if args.keys_command == "create":
+                secret, record = await create_key(bus, args.name)
+                print(f"created {record.id} ({record.name}); the key is shown this once:", file=sys.stderr)
+                print(secret)  # alone on stdout, so `KEY=$(gigaam-transcriber keys create bot)` works
+            elif args.keys_command == "list":
+                print(f"{'id':<13} {'created':<19}  {'last used':<19}  {'revoked':<19}  name")
+                for key in await list_keys(bus):
+                    print(f"{key.id:<13} {when(key.created):<19}  {when(key.last_used):<19}  {when(key.revoked):<19}  {key.name}")
+            else:
+                try:
+                    record = await revoke_key(bus, args.key_id)
+                except UnknownKey as exc:
+                    raise CliError(str(exc)) from None
+                print(f"{record.id} revoked; every API worker refuses it within seconds")
+            return 0
+        finally:
+            await bus.close()
+
+    return asyncio.run(run())
+
+
 # -- parser ---------------------------------------------------------------------------------
 
 
@@ -227,6 +266,15 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--model-name", dest="model_name", help="model the task asks for (default: the stack's)")
     submit.add_argument("--write-output", action="store_true", help="also write results to GIGAAM_OUTPUT_DIR")
     submit.set_defaults(func=cmd_submit)
+
+    keys = sub.add_parser("keys", help="API keys of a running stack: create, list, revoke")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    kcreate = ksub.add_parser("create", help="make a key and print it (only this once)")
+    kcreate.add_argument("name", nargs="?", default="unnamed", help="what or who the key is for")
+    ksub.add_parser("list", help="every key: id, created, last used, revoked, name")
+    krevoke = ksub.add_parser("revoke", help="stop a key working on every API worker")
+    krevoke.add_argument("key_id", help="the key's id (from `keys list`), not the key itself")
+    keys.set_defaults(func=cmd_keys)
     return p
 
 

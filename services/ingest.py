@@ -123,6 +123,7 @@ class Ingester:
             if self.ledger.kept(path, st.st_size, st.st_mtime_ns) is not None:
                 return
         self.tracker.note(path)
+        self.tracker.check(path, time.monotonic())  # the stable interval starts now, not at the next tick
 
     async def _watch(self) -> None:
         root = self.config.root
@@ -163,7 +164,7 @@ class Ingester:
             await _sleep(self.ctx.stop, self.config.rescan_interval)
 
     async def _checks(self) -> None:
-        tick = min(0.5, max(0.05, self.config.stable_interval / 4))
+        tick = min(0.1, max(0.02, self.config.stable_interval / 10))
         while not self.ctx.stop.is_set():
             now = time.monotonic()
             for path in self.tracker.pending():

@@ -85,17 +85,30 @@ async def layout(b: bus.Bus, **kwargs) -> None:
 # --------------------------------------------------------------------------- broker process
 
 
-async def test_server_restart_keeps_port_and_data(nats_server: EmbeddedNats) -> None:
+async def test_server_restart_keeps_data_and_consumers_recover(nats_server: EmbeddedNats) -> None:
     b = await open_bus(nats_server)
     await layout(b)
-    await bus.publish_job(b.js, "decode", job(), "t1")
+    await bus.publish_job(b.js, "infer", job(), "t1")  # nobody consumes infer here: it must survive
+
+    async def ok(_: Delivery) -> None:
+        return None
+
+    consumer = Consumer(b, ok)
+    await asyncio.sleep(0.3)  # the loop is fetching when the broker goes away
     url = nats_server.url
     await asyncio.to_thread(nats_server.restart)
     assert nats_server.url == url
-    # The same connection comes back by itself and the job survived on disk.
+    # The same connection comes back by itself, the job survived on disk and the loop pulls again.
     await wait_until(lambda: _reconnected(b))
     assert await count(b.js, JOBS_STREAM) == 1
+    await bus.publish_job(b.js, "decode", job(), "t1")
+    await wait_until(lambda: _has_deliveries(consumer, 1))
+    await consumer.close()
     await b.close()
+
+
+async def _has_deliveries(consumer: Consumer, n: int) -> bool:
+    return len(consumer.deliveries) >= n
 
 
 async def _reconnected(b: bus.Bus) -> bool:

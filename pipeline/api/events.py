@@ -44,8 +44,8 @@ bp = Blueprint("events", url_prefix="/api/v1")
     "one `completed`, `failed` or `deleted` event, and closes.",
     tag="tasks",
     response=[docs.sse_response(), *docs.errors(401, 404, 429)],
-    secured=docs.SECURED,
 )
+@docs.secured
 async def task_events(request: Request, task_id: str) -> None:
     api = api_of(request)
     owner = request.ctx.principal.owner

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 LANGUAGES = ("ru", "en")
 DEFAULT_LANGUAGE = "ru"
@@ -95,7 +95,22 @@ def negotiate(header: str | None) -> str:
     return best
 
 
+class Both(NamedTuple):
+    """A message parameter that itself reads differently per language."""
+
+    ru: str
+    en: str
+
+
+def one_of(values: list[str] | tuple[str, ...]) -> Both:
+    listed = ", ".join(values)
+    return Both(f"одно из: {listed}", f"one of: {listed}")
+
+
 def text(key: str, lang: str, **params: Any) -> str:
     ru, en = TEXTS[key]
     template = en if lang == "en" else ru
-    return template.format(**params) if params else template
+    if not params:
+        return template
+    chosen = {k: (v.en if lang == "en" else v.ru) if isinstance(v, Both) else v for k, v in params.items()}
+    return template.format(**chosen)

@@ -12,6 +12,7 @@ from sanic import Request
 
 from pipeline.api.context import api_of
 from pipeline.api.errors import ApiError
+from pipeline.api.i18n import Both
 from pipeline.api.uploads import FORM_OVERHEAD, probe, receive_upload, refuse_too_large
 from pipeline.api.webhooks import TargetRefused, base_url, check_target
 from pipeline.bus import BusTimeout
@@ -65,7 +66,7 @@ async def accept(
             if callback:
                 await api.webhooks.forget(task_id)
             log.warning("submit of %s failed: %s", task_id, exc)
-            raise ApiError(503, "service_unavailable", reason="the message bus did not take the task") from None
+            raise ApiError(503, "service_unavailable", reason=Both("шина сообщений не приняла задачу", "the message bus did not take the task")) from None
     finally:
         upload.discard()
     task_logger(log, task_id, "api").info(
@@ -78,7 +79,7 @@ async def _register_callback(request: Request, task_id: str, url: str) -> None:
     api = api_of(request)
     principal = request.ctx.principal
     if principal.key_hash is None:
-        raise ApiError(400, "bad_callback_url", reason="webhooks are signed with your API key: send one")
+        raise ApiError(400, "bad_callback_url", reason=Both("вебхук подписывается API ключом: передайте ключ", "webhooks are signed with your API key: send one"))
     try:
         await check_target(url, api.settings.webhook_allow_private)
     except TargetRefused as exc:

@@ -19,6 +19,7 @@ from sanic_ext import openapi
 from pipeline.api import openapi as docs
 from pipeline.api.context import api_of
 from pipeline.api.errors import ApiError
+from pipeline.api.i18n import Both, one_of
 from pipeline.api.intake import accept
 from pipeline.api.ratelimit import UPLOAD
 from pipeline.api.uploads import check_declared_size
@@ -92,19 +93,19 @@ def _options(fields: dict[str, list[str]]) -> dict[str, Any]:
     """Checked before the upload is submitted, so a bad option costs no transcription."""
     fmt = (fields.get("response_format") or ["json"])[0] or "json"
     if fmt not in FORMATS:
-        raise ApiError(400, "bad_parameter", name="response_format", reason=f"one of {', '.join(FORMATS)}")
+        raise ApiError(400, "bad_parameter", name="response_format", reason=one_of(FORMATS))
     granularities = [*fields.get("timestamp_granularities[]", []), *fields.get("timestamp_granularities", [])]
     unknown = [g for g in granularities if g not in GRANULARITIES]
     if unknown:
-        raise ApiError(400, "bad_parameter", name="timestamp_granularities[]", reason=f"word or segment, not {unknown[0]!r}")
+        raise ApiError(400, "bad_parameter", name="timestamp_granularities[]", reason=one_of(GRANULARITIES))
     if (fields.get("stream") or ["false"])[0].lower() in ("true", "1"):
-        raise ApiError(400, "bad_parameter", name="stream", reason="streaming is not supported; leave it false")
+        raise ApiError(400, "bad_parameter", name="stream", reason=Both("потоковый ответ не поддерживается", "streaming is not supported"))
     temperature = (fields.get("temperature") or [""])[0]
     if temperature:
         try:
             float(temperature)
         except ValueError:
-            raise ApiError(400, "bad_parameter", name="temperature", reason="a number") from None
+            raise ApiError(400, "bad_parameter", name="temperature", reason=Both("нужно число", "a number")) from None
     return {"format": fmt, "granularities": set(granularities)}
 
 

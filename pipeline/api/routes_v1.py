@@ -14,7 +14,7 @@ from sanic_ext import openapi
 from pipeline.api import openapi as docs
 from pipeline.api.context import api_of
 from pipeline.api.errors import ApiError, language
-from pipeline.api.i18n import text
+from pipeline.api.i18n import Both, one_of, text
 from pipeline.api.idempotency import MAX_KEY_LENGTH, Claim
 from pipeline.api.intake import CALLBACK_FIELD, accept, drain
 from pipeline.api.ratelimit import UPLOAD
@@ -92,7 +92,7 @@ async def _claim(request: Request) -> Claim | None:
     if header is None:
         return None
     if not 0 < len(header) <= MAX_KEY_LENGTH or not header.isprintable():
-        raise ApiError(400, "bad_parameter", name="Idempotency-Key", reason=f"1 to {MAX_KEY_LENGTH} printable characters")
+        raise ApiError(400, "bad_parameter", name="Idempotency-Key", reason=Both(f"от 1 до {MAX_KEY_LENGTH} печатных символов", f"1 to {MAX_KEY_LENGTH} printable characters"))
     return await api_of(request).idempotency.claim(request.ctx.principal.owner, header)
 
 
@@ -174,7 +174,7 @@ async def task_download(request: Request, task_id: str) -> HTTPResponse:
     api = api_of(request)
     fmt = request.args.get("format", "txt")
     if fmt not in ALL_FORMATS:
-        raise ApiError(400, "bad_parameter", name="format", reason=f"one of {', '.join(ALL_FORMATS)}")
+        raise ApiError(400, "bad_parameter", name="format", reason=one_of(ALL_FORMATS))
     record = await get_task(api.bus, task_id, request.ctx.principal.owner)
     require_completed(record)
     body = await _result_object(request, record.outputs, task_id, fmt)
@@ -213,7 +213,7 @@ def attachment(filename: str) -> str:
 async def task_list(request: Request) -> HTTPResponse:
     status = request.args.get("status_filter") or None
     if status is not None and status not in docs.STATUSES:
-        raise ApiError(400, "bad_parameter", name="status_filter", reason=f"one of {', '.join(docs.STATUSES)}")
+        raise ApiError(400, "bad_parameter", name="status_filter", reason=one_of(docs.STATUSES))
     limit = _int_arg(request, "limit", 100, 1, MAX_LIST_LIMIT)
     offset = _int_arg(request, "offset", 0, 0, None)
     query = RegistryRequest(op="list", owner=request.ctx.principal.owner, status=status, limit=limit, offset=offset)
@@ -232,7 +232,7 @@ def _int_arg(request: Request, name: str, default: int, low: int, high: int | No
         value = low - 1
     if value < low or (high is not None and value > high):
         bounds = f"{low}..{high}" if high is not None else f">= {low}"
-        raise ApiError(400, "bad_parameter", name=name, reason=f"an integer in {bounds}")
+        raise ApiError(400, "bad_parameter", name=name, reason=Both(f"целое число {bounds}", f"an integer {bounds}"))
     return value
 
 

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from pipeline.api.errors import ApiError
-from pipeline.api.i18n import text
+from pipeline.api.i18n import Both, text
 from pipeline.bus import Bus, BusTimeout, request
 from schemas.messages import TERMINAL_STATUSES, RegistryReply, RegistryRequest, TaskRecord, decode, encode
 from schemas.subjects import registry_subject
@@ -22,7 +22,7 @@ async def registry_call(bus: Bus, query: RegistryRequest) -> RegistryReply:
     try:
         raw = await request(bus.nc, registry_subject(query.op), encode(query), REGISTRY_TIMEOUT)
     except BusTimeout:
-        raise ApiError(503, "service_unavailable", reason="the task registry does not answer") from None
+        raise ApiError(503, "service_unavailable", reason=Both("реестр задач не отвечает", "the task registry does not answer")) from None
     reply = decode(RegistryReply, raw)
     if reply.ok:
         return reply

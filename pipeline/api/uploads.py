@@ -20,6 +20,7 @@ from typing import BinaryIO
 from sanic import Request
 
 from pipeline.api.errors import ApiError
+from pipeline.api.i18n import Both
 from pipeline.api.multipart import MultipartError, MultipartParser, boundary_of, disposition_filename, parse_header_value
 from pipeline.decode import SUPPORTED_EXTENSIONS, MediaError, ProbeInfo, probe_media
 
@@ -109,7 +110,7 @@ async def _parse(
                     elif current is not None:
                         value += event
                         if len(value) > MAX_FIELD_BYTES:
-                            raise ApiError(400, "bad_parameter", name=current, reason=f"longer than {MAX_FIELD_BYTES} bytes")
+                            raise ApiError(400, "bad_parameter", name=current, reason=Both(f"длиннее {MAX_FIELD_BYTES} байт", f"longer than {MAX_FIELD_BYTES} bytes"))
                 elif event is None:
                     if current is not None and current != FILE_FIELD:
                         fields[current].append(value.decode("utf-8", "replace").strip())

@@ -1,0 +1,83 @@
+"""The Sanic application: routers, the guard on protected routes, errors, the OpenAPI document.
+
+`open_api` binds the shared state (KV buckets, caches) for one worker; `create_app` builds the app
+around it. Protected routers get authentication, then the rate limit, as blueprint middleware that
+runs before a streamed body is read, so a refused upload costs nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+from sanic import Blueprint, Sanic
+
+from pipeline.api import errors, events, meta, openai, routes_v1
+from pipeline.api import openapi as docs
+from pipeline.api.auth import KeyCache, authenticate
+from pipeline.api.context import Api
+from pipeline.api.estimate import Estimator
+from pipeline.api.idempotency import IDEMPOTENCY_BUCKET, Idempotency
+from pipeline.api.idempotency import TTL as IDEMPOTENCY_TTL
+from pipeline.api.ratelimit import RateLimiter, add_headers, enforce
+from pipeline.api.webhooks import WEBHOOKS_BUCKET, Webhooks
+from pipeline.bus import Bus
+from pipeline.keys import keys_bucket
+from pipeline.kvstore import open_bucket
+from pipeline.settings import Settings, SettingsError
+from schemas.subjects import RATE_BUCKET
+
+PROTECTED = Blueprint.group(routes_v1.bp, events.bp, openai.bp)
+PROTECTED.middleware(authenticate, "request")
+PROTECTED.middleware(enforce, "request")
+PROTECTED.middleware(add_headers, "response")
+
+
+def check_settings(settings: Settings) -> None:
+    if settings.api_max_upload_bytes < 1:
+        raise SettingsError("GIGAAM_API_MAX_UPLOAD_BYTES must be positive")
+    if settings.api_rate_window <= 0:
+        raise SettingsError("GIGAAM_API_RATE_WINDOW must be positive (seconds)")
+    if settings.webhook_max_attempts < 1 or settings.webhook_backoff < 0 or settings.webhook_timeout <= 0:
+        raise SettingsError("GIGAAM_WEBHOOK_MAX_ATTEMPTS must be >= 1, the backoff >= 0 and the timeout > 0")
+    if settings.api_sync_timeout <= 0:
+        raise SettingsError("GIGAAM_API_SYNC_TIMEOUT must be positive (seconds)")
+
+
+async def open_api(settings: Settings, bus: Bus, store, upload_dir: Path) -> Api:  # noqa: ANN001 - ObjectStore
+    check_settings(settings)
+    rate_kv = await open_bucket(bus.js, RATE_BUCKET, ttl=max(120.0, 2 * settings.api_rate_window))
+    idempotency_kv = await open_bucket(bus.js, IDEMPOTENCY_BUCKET, ttl=IDEMPOTENCY_TTL)
+    webhooks_kv = await open_bucket(bus.js, WEBHOOKS_BUCKET, ttl=settings.retention)
+    return Api(
+        settings=settings,
+        bus=bus,
+        store=store,
+        keys=KeyCache(await keys_bucket(bus)),
+        limiter=RateLimiter(
+            rate_kv, uploads=settings.api_rate_uploads, calls=settings.api_rate_calls, window=settings.api_rate_window
+        ),
+        idempotency=Idempotency(idempotency_kv),
+        webhooks=Webhooks(bus, webhooks_kv, settings),
+        estimator=Estimator(bus, settings.infer_concurrency),
+        upload_dir=upload_dir,
+    )
+
+
+def create_app(api: Api, name: str = "gigaam_api") -> Sanic:
+    app = Sanic(name, configure_logging=False, dumps=orjson.dumps)  # UTF-8 as is, not \u escapes
+    app.config.update(
+        MOTD=False,
+        # A request handler may legitimately wait this long for its transcript (OpenAI endpoint);
+        # Sanic's timeouts count idle time, so a slow upload that keeps sending is never cut.
+        RESPONSE_TIMEOUT=max(60.0, api.settings.api_sync_timeout + 60.0),
+        OAS_UI_DEFAULT="swagger",
+        OAS_AUTODOC=False,
+        OAS_URL_PREFIX="/docs",
+    )
+    app.ctx.api = api
+    errors.install(app)
+    app.blueprint(meta.bp)
+    app.blueprint(PROTECTED)
+    docs.document(app, meta.package_version())
+    return app
