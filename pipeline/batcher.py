@@ -56,25 +56,34 @@ class SegmentBatcher:
         self.stats = BatcherStats()
 
     async def transcribe(self, pieces: Sequence[np.ndarray], on_progress: OnProgress | None = None) -> list[EngineResult]:
-        """Results in input order; `on_progress` is awaited after each batch that finished some of them."""
+        """Results in input order; `on_progress` is awaited after each batch that finished some of them.
+
+        A job keeps at most `max_batch` segments waiting at a time, so a long file cannot queue
+        hundreds of segments ahead of a short job that arrives after it: jobs in flight take turns.
+        """
         if not pieces:
             return []
         self._ensure_runner()
         loop = asyncio.get_running_loop()
-        items = []
-        for piece in pieces:
-            self._seq += 1
-            items.append(_Item(piece, loop.create_future(), self._seq))
-        self._pending.extend(items)
-        self._wakeup.set()
-        waiting = {item.future for item in items}
+        items = [_Item(piece, loop.create_future(), 0) for piece in pieces]
+        queued = 0
+        waiting: set[asyncio.Future] = set()
         try:
-            while waiting:
+            while queued < len(items) or waiting:
+                if queued < len(items) and len(waiting) < self.max_batch:
+                    fresh = items[queued : queued + self.max_batch - len(waiting)]
+                    for item in fresh:
+                        self._seq += 1
+                        item.seq = self._seq  # its turn starts now
+                    queued += len(fresh)
+                    self._pending.extend(fresh)
+                    waiting |= {item.future for item in fresh}
+                    self._wakeup.set()
                 done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 for fut in done:
                     fut.result()  # raise the engine's error for this job
                 if on_progress is not None:
-                    await on_progress(len(items) - len(waiting), len(items))
+                    await on_progress(queued - len(waiting), len(items))
         except BaseException:
             self._drop(items)  # a cancelled or failed job must not leave work behind
             raise

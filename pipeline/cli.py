@@ -204,9 +204,10 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 print(f"created {record.id} ({record.name}); the key is shown this once:", file=sys.stderr)
                 print(secret)  # alone on stdout, so `KEY=$(gigaam-transcriber keys create bot)` works
             elif args.keys_command == "list":
-                print(f"{'id':<13} {'created':<19}  {'last used':<19}  {'revoked':<19}  name")
+                row = "{:<13} {:<19}  {:<19}  {:<19}  {}"
+                print(row.format("id", "created", "last used", "revoked", "name"))
                 for key in await list_keys(bus):
-                    print(f"{key.id:<13} {when(key.created):<19}  {when(key.last_used):<19}  {when(key.revoked):<19}  {key.name}")
+                    print(row.format(key.id, when(key.created), when(key.last_used), when(key.revoked), key.name))
             else:
                 try:
                     record = await revoke_key(bus, args.key_id)

@@ -149,3 +149,26 @@ def test_progress_scale() -> None:
     assert transcribing_progress(0, 10) == 10
     assert transcribing_progress(10, 10) == 94
     assert transcribing_progress(0, 0) == 94
+
+
+def test_a_short_job_is_not_stuck_behind_a_long_one() -> None:
+    eng = engine("v3_ctc")
+    order: list[str] = []
+
+    def recognize(batch: list[np.ndarray]):  # noqa: ANN202
+        order.extend("short" if b.shape[0] == 999 else "long" for b in batch)
+        return eng.transcribe(batch)
+
+    async def run() -> None:
+        batcher = SegmentBatcher(recognize, max_batch=2, max_wait=0)
+        try:
+            long_job = asyncio.ensure_future(batcher.transcribe([read_wav("01_speech_2s")] * 10))
+            await asyncio.sleep(0)
+            short_job = asyncio.ensure_future(batcher.transcribe([np.zeros(999, np.float32)]))
+            await asyncio.gather(long_job, short_job)
+        finally:
+            await batcher.close()
+
+    asyncio.run(run())
+    assert order.count("short") == 1 and order.count("long") == 10
+    assert order.index("short") <= 4  # served within the next couple of batches, not after all ten
