@@ -131,7 +131,10 @@ async def wait_record(bus: Bus, task_id: str, statuses: tuple[str, ...] = ("comp
     """Polls the registry until the task reaches one of `statuses` (the registry lags the events)."""
     deadline = time.monotonic() + timeout
     while True:
-        record = await registry_get(bus, task_id)
+        try:
+            record = await registry_get(bus, task_id)
+        except BusTimeout:  # the registry is (re)starting
+            record = None
         if record is not None and record.status in statuses:
             return record
         if time.monotonic() > deadline:
