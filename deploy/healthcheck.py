@@ -2,10 +2,15 @@
 """Health check for one GigaAM process: compose `healthcheck`, systemd `ExecStartPost`, monitoring.
 
     healthcheck.py nats                       the broker answers and JetStream is enabled
+    healthcheck.py nats --monitor URL         the same through the broker's monitoring port
+                                              (GET URL/healthz; needs no client credentials)
     healthcheck.py registry|decode|infer|format|ingest
                                               a worker of that service on THIS host answers
                                               `gigaam.ping.<service>` (request-reply, JSON reply)
-    healthcheck.py api                        GET http://<GIGAAM_API_HOST>:<GIGAAM_API_PORT>/health is 200
+                                              and does not say `"ready": false`
+    healthcheck.py api [--path /]             GET http://<GIGAAM_API_HOST>:<GIGAAM_API_PORT>/health is 200:
+                                              the whole pipeline can work (every stage answers);
+                                              `--path /` only asks whether the API process serves
 
 Exit status 0: healthy; 1: not (one line on stderr says why); 2: bad usage.
 
@@ -25,6 +30,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -38,6 +44,11 @@ DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 
 class Unhealthy(Exception):
     pass
+
+
+def redact(url: str) -> str:
+    """nats://user:secret@host -> nats://user:***@host: messages end up in logs."""
+    return re.sub(r"(//[^:/@,]*:)[^@/,]*@", r"\1***@", url)
 
 
 async def _connect(url: str, timeout: float):  # noqa: ANN202 - nats.aio.client.Client
@@ -57,12 +68,12 @@ async def _connect(url: str, timeout: float):  # noqa: ANN202 - nats.aio.client.
             error_cb=quiet,
         )
     except Exception as exc:  # noqa: BLE001 - any failure to connect is "unhealthy"
-        raise Unhealthy(f"cannot connect to NATS at {url}: {exc or type(exc).__name__}") from None
+        raise Unhealthy(f"cannot connect to NATS at {redact(url)}: {exc or type(exc).__name__}") from None
 
 
 async def check_nats(url: str, timeout: float) -> str:
     nc = await _connect(url, timeout)
-    server = nc.connected_url.netloc if nc.connected_url else url
+    server = redact(nc.connected_url.geturl()) if nc.connected_url else redact(url)
     try:
         info = await nc.jetstream(timeout=timeout).account_info()
     except Exception as exc:  # noqa: BLE001
@@ -83,6 +94,7 @@ async def check_worker(url: str, service: str, timeout: float, any_host: bool) -
         await nc.publish(f"{PING_PREFIX}.{service}", b"", reply=inbox)
         await nc.flush(timeout)
         hosts: list[str] = []
+        not_ready = ""
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
             try:
@@ -96,21 +108,23 @@ async def check_worker(url: str, service: str, timeout: float, any_host: bool) -
             except ValueError:
                 continue
             host = str(body.get("host", "?"))
-            if any_host or host == me:
-                return f"{service} on {host} (pid {body.get('pid', '?')}) answered"
-            hosts.append(host)
+            if not (any_host or host == me):
+                hosts.append(host)
+                continue
+            if body.get("ready") is False:  # infer answers while its model still loads
+                not_ready = f"{service} on {host} answers but is not ready yet (model loading?)"
+                continue
+            return f"{service} on {host} (pid {body.get('pid', '?')}) answered"
     finally:
         await nc.close()
+    if not_ready:
+        raise Unhealthy(not_ready)
     if hosts:
         raise Unhealthy(f"no {service} worker on {me} answered within {timeout:g}s (only on: {', '.join(sorted(set(hosts)))})")
     raise Unhealthy(f"no {service} worker answered {PING_PREFIX}.{service} within {timeout:g}s")
 
 
-def check_api(host: str, port: int, timeout: float) -> str:
-    if host in ("", "0.0.0.0", "::"):  # bound to every address: loopback is one of them
-        host = "127.0.0.1"
-    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    url = f"http://{netloc}/health"
+def check_http(url: str, timeout: float) -> str:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             return f"{url}: {resp.status}"
@@ -120,11 +134,21 @@ def check_api(host: str, port: int, timeout: float) -> str:
         raise Unhealthy(f"{url}: {getattr(exc, 'reason', exc)}") from None
 
 
+def check_api(host: str, port: int, path: str, timeout: float) -> str:
+    if host in ("", "0.0.0.0", "::"):  # bound to every address: loopback is one of them
+        host = "127.0.0.1"
+    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return check_http(f"http://{netloc}{path}", timeout)
+
+
 def check_once(args: argparse.Namespace) -> str:
     if args.target == "api":
         port = args.port or int(os.environ.get("GIGAAM_API_PORT") or 8000)
         host = args.host if args.host is not None else os.environ.get("GIGAAM_API_HOST", "127.0.0.1")
-        return check_api(host, port, args.timeout)
+        return check_api(host, port, args.path, args.timeout)
+    if args.target == "nats" and args.monitor:
+        # /healthz answers 200 once JetStream is up and its streams are recovered
+        return check_http(f"{args.monitor.rstrip('/')}/healthz", args.timeout)
     url = args.url or os.environ.get("GIGAAM_NATS_URL") or DEFAULT_NATS_URL
     if args.target == "nats":
         coro = check_nats(url, args.timeout)
@@ -140,8 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="healthcheck.py", description=__doc__.split("\n\n")[0])
     p.add_argument("target", choices=("nats", "api", *WORKERS))
     p.add_argument("--url", help=f"NATS URL(s) (default: $GIGAAM_NATS_URL or {DEFAULT_NATS_URL})")
+    p.add_argument("--monitor", metavar="URL", help="nats: ask the monitoring port instead (http://127.0.0.1:8222)")
     p.add_argument("--host", help="API address (default: $GIGAAM_API_HOST, loopback when it is 0.0.0.0)")
     p.add_argument("--port", type=int, help="API port (default: $GIGAAM_API_PORT or 8000)")
+    p.add_argument("--path", default="/health", help="API path to GET (default /health)")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds for one attempt (default 3)")
     p.add_argument("--any-host", action="store_true", help="a worker on any host will do")
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",

@@ -134,7 +134,7 @@ async def connect(url: str, name: str, *, first_connect_timeout: float | None = 
         log.info("nats %s: connection closed", name)
 
     connecting = nc.connect(
-        servers=[url],
+        servers=[u.strip() for u in url.split(",") if u.strip()],  # a cluster: comma-separated URLs
         name=name,
         max_reconnect_attempts=-1,
         drain_timeout=5,  # a drain waits on pending pull requests; do not hold a stopping service for 30 s

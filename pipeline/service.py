@@ -74,7 +74,7 @@ async def run_service(
     bus = await connect(settings.resolved_nats_url(), f"gigaam-{name}-{os.getpid()}")
     try:
         store = await ensure_layout(
-            bus.js, settings.retention, ack_wait=settings.ack_wait, max_deliver=settings.max_deliver
+            bus.js, settings.retention, settings.nats_replicas, ack_wait=settings.ack_wait, max_deliver=settings.max_deliver
         )
         ctx = ServiceContext(name, settings, bus, store, stop)
         await _answer_pings(ctx)

@@ -51,6 +51,7 @@ class Settings:
     segment_max: float = 25.0  # VAD segment cap, seconds
     log_level: str = "INFO"
     log_json: bool = False
+    nats_replicas: int = 1  # replicas of every stream and bucket (3 on a 3-node NATS cluster)
     inbox_polling: bool = False  # poll the inbox instead of inotify (network and FUSE mounts)
     inbox_stable_interval: float = 2.0  # seconds a file's size and mtime must stay unchanged before it is taken
     inbox_rescan_interval: float = 60.0  # seconds between full inbox rescans (files added while down, lost events)

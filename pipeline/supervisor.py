@@ -80,7 +80,7 @@ class Supervisor:
         bus = await connect(self.url, "gigaam-supervisor", first_connect_timeout=30.0)
         try:
             s = self.settings
-            await ensure_layout(bus.js, s.retention, ack_wait=s.ack_wait, max_deliver=s.max_deliver)
+            await ensure_layout(bus.js, s.retention, s.nats_replicas, ack_wait=s.ack_wait, max_deliver=s.max_deliver)
         finally:
             await bus.close()
         for child in self.children:
