@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -49,6 +50,7 @@ class EmbeddedNats:
         binary: str | None = None,
         log_file: str | os.PathLike[str] | None = None,
         start_timeout: float = 15.0,
+        extra_args: Sequence[str] = (),
     ) -> None:
         """`monitor_port=None` leaves HTTP monitoring off, 0 picks a free port; the log goes to
         `log_file` (default `<store_dir>/nats-server.log`) because an unread pipe would stall the server."""
@@ -59,6 +61,7 @@ class EmbeddedNats:
         self.binary = binary or find_server_binary()
         self.log_file = Path(log_file) if log_file else self.store_dir / "nats-server.log"
         self.start_timeout = start_timeout
+        self.extra_args = list(extra_args)  # e.g. cluster flags for a local multi-node setup
         self._proc: subprocess.Popen[bytes] | None = None
         self._client_port: int | None = None
         self._http_port: int | None = None
@@ -90,7 +93,7 @@ class EmbeddedNats:
         ports_dir = self.store_dir / "ports"
         ports_dir.mkdir(exist_ok=True)
         args = [self.binary, "-js", "-sd", str(self.store_dir), "-a", self.host, "-p", str(self._port)]
-        args += ["--ports_file_dir", str(ports_dir)]
+        args += ["--ports_file_dir", str(ports_dir), *self.extra_args]
         if self._monitor_port is not None:
             args += ["-m", str(self._monitor_port)]
         self.log_file.parent.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,7 @@ def write_wav(path: Path, samples: np.ndarray) -> Path:
 
 
 class Stack:
-    def __init__(self, root: Path, services: str | None = None, **env: str) -> None:
+    def __init__(self, root: Path, services: str | None = None, nats_url: str = "", **env: str) -> None:
         self.root = root
         self.data_dir = root / "data"
         self.output_dir = root / "output"
@@ -58,6 +58,8 @@ class Stack:
             **env,
         }
         self.env.pop("GIGAAM_NATS_URL", None)
+        if nats_url:  # an external NATS (cluster) instead of the embedded server
+            self.env["GIGAAM_NATS_URL"] = nats_url
         self.services = services
         self.proc: subprocess.Popen | None = None
         self.log = root / "stack.log"
