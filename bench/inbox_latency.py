@@ -47,7 +47,8 @@ async def run(root: Path, runs: int, stable: float, polling: bool) -> None:
     stack = Stack(root, GIGAAM_LOG_LEVEL="WARNING", **env).start()
     bus = await stack.ready(stages=("registry", "decode", "infer", "format", "ingest"))
     try:
-        wav = write_wav(root / "ten.wav", speech("02_speech_5s", "01_speech_2s", "01_speech_2s")[: 10 * 16000]).read_bytes()
+        ten = speech("02_speech_5s", "01_speech_2s", "01_speech_2s")[: 10 * 16000]
+        wav = write_wav(root / "ten.wav", ten).read_bytes()
         totals, waits = [], []
         for i in range(runs + 1):  # the first run warms up every service
             name = f"take{i:03d}"

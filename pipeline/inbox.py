@@ -72,12 +72,12 @@ class InboxConfig:
         if s.inbox_stable_interval <= 0 or s.inbox_rescan_interval <= 0:
             raise SettingsError("GIGAAM_INBOX_STABLE_INTERVAL and GIGAAM_INBOX_RESCAN_INTERVAL must be positive")
         root = Path(s.inbox_dir).expanduser().resolve()
-        processed = Path(s.inbox_processed_dir).expanduser().resolve() if s.inbox_processed_dir else root.parent / "processed"
-        failed = Path(s.inbox_failed_dir).expanduser().resolve() if s.inbox_failed_dir else root.parent / "failed"
+        processed = _folder(s.inbox_processed_dir) or root.parent / "processed"
+        failed = _folder(s.inbox_failed_dir) or root.parent / "failed"
         if root in (processed, failed):
             raise SettingsError("the processed and failed folders cannot be the inbox itself")
         # Our own folders may live inside the inbox (so that a synced share shows them); never scan them.
-        ours = [processed, failed] + ([Path(s.output_dir).expanduser().resolve()] if s.output_dir else [])
+        ours = [p for p in (processed, failed, _folder(s.output_dir)) if p is not None]
         excluded = tuple(p.relative_to(root).parts for p in ours if p.is_relative_to(root) and p != root)
         return cls(
             root=root,
@@ -102,9 +102,6 @@ class InboxConfig:
         if any(parts[: len(ex)] == ex for ex in self.excluded):
             return None
         return PurePosixPath(*parts)
-
-    def path(self, rel: PurePosixPath) -> Path:
-        return self.root.joinpath(*rel.parts)
 
     def scan(self, start: Path | None = None) -> Iterator[Path]:
         """Regular files under `start` (default: the whole inbox) that are not ignored; symlinks are
@@ -131,6 +128,10 @@ class InboxConfig:
                         yield Path(entry.path)
                 except OSError:
                     continue
+
+
+def _folder(setting: str) -> Path | None:
+    return Path(setting).expanduser().resolve() if setting else None
 
 
 # --------------------------------------------------------------------------- completeness

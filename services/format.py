@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 from pipeline.bus import Delivery, ObjectMissing, PermanentError, get_bytes, put_bytes, run_consumer
 from pipeline.formats import EXTENSIONS
 from pipeline.logs import task_logger
+from pipeline.output import ensure_stignore
 from pipeline.service import ServiceContext, main
 from pipeline.stages import PROGRESS
 from pipeline.stages.format import render_all, write_to_output_dir
@@ -24,6 +26,8 @@ def result_object(task_id: str, fmt: str) -> str:
 
 async def serve(ctx: ServiceContext) -> None:
     settings = ctx.settings
+    if settings.output_dir:  # peers must know the temp names before the first result is written
+        await asyncio.to_thread(ensure_stignore, Path(settings.output_dir))
 
     async def handle(data: bytes, delivery: Delivery) -> None:
         job = decode(FormatJob, data)

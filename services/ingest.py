@@ -4,8 +4,10 @@ watchfiles events (inotify, or polling for network and FUSE mounts) say where to
 at start and every `inbox_rescan_interval` finds whatever events missed (files added while the
 service was down, inotify overflow). A file is taken once it has stopped changing, copied and hashed
 in one read, probed, and submitted under a task id derived from its content, so that a restart, a
-rescan or a duplicate event finds the existing task instead of making a second one. The rules live
-in `pipeline.inbox`; this module only connects them to the bus. Run one ingester per inbox.
+rescan or a duplicate event finds the existing task instead of making a second one. A ledger in
+the data dir remembers where each taken file went, so that a task failing later can still move its
+file to failed/, and so that files left in place are not taken again. The rules live in
+`pipeline.inbox`; this module connects them to the bus. Run one ingester per inbox.
 """
 
 from __future__ import annotations
@@ -115,13 +117,13 @@ class Ingester:
                 self.told.add(path)
                 log.info("leaving %s in place: not a supported media file", rel)
             return
-        if self.config.after == "keep":
-            try:
-                st = path.stat()
-            except OSError:
-                return
-            if self.ledger.kept(path, st.st_size, st.st_mtime_ns) is not None:
-                return
+        try:
+            st = path.stat()
+        except OSError:
+            self.retries.pop(path, None)
+            return
+        if self.ledger.kept(path, st.st_size, st.st_mtime_ns) is not None:
+            return  # taken before and left in place (keep, or a read-only inbox), unchanged since
         self.tracker.note(path)
         self.tracker.check(path, time.monotonic())  # the stable interval starts now, not at the next tick
 
@@ -235,8 +237,11 @@ class Ingester:
             state, error = _state_of(record), (record.error or "") if record else ""
         if state == FAILED:
             tlog.info("%s is the same as a task that failed; moving it to the failed folder", rel)
-            dest = await asyncio.to_thread(fail_file, path, self.config.failed, rel, error or "the task failed", task_id)
-            self.ledger.record(LedgerEntry(task_id, str(rel), FAILED, str(dest), st.st_size, st.st_mtime_ns, time.time(), error))
+            error = error or "the task failed"
+            dest = await asyncio.to_thread(fail_file, path, self.config.failed, rel, error, task_id)
+            self.ledger.record(
+                LedgerEntry(task_id, str(rel), FAILED, str(dest), st.st_size, st.st_mtime_ns, time.time(), error)
+            )
             return
         self.submitting.setdefault(task_id, None)
         try:
@@ -254,7 +259,11 @@ class Ingester:
                 state = SUBMITTED
             else:
                 tlog.info("%s is already a task (%s); not submitting it again", rel, state)
-            where = await asyncio.to_thread(after_submission, self.config.after, path, self.config.processed, rel)
+            try:
+                where = await asyncio.to_thread(after_submission, self.config.after, path, self.config.processed, rel)
+            except OSError as exc:  # a read-only share: GIGAAM_INBOX_AFTER=keep is the setting for it
+                tlog.warning("cannot %s %s (%s); leaving it in place", self.config.after, rel, exc.strerror or exc)
+                where = path
             self.ledger.record(
                 LedgerEntry(task_id, str(rel), state, str(where or ""), st.st_size, st.st_mtime_ns, time.time())
             )
@@ -284,7 +293,8 @@ class Ingester:
                 await self._settle(task_id, FAILED, reason)
             else:
                 if self.ledger.for_task(task_id):
-                    task_logger(log, task_id, STAGE).info("transcribed: %s", ", ".join(event.output_paths) or "no files")
+                    written = ", ".join(event.output_paths) or "no files"
+                    task_logger(log, task_id, STAGE).info("transcribed: %s", written)
                 await self._settle(task_id, COMPLETED)
         except Exception:  # noqa: BLE001 - the rescan reconciles whatever this missed
             log.exception("handling the %s event of %s failed", msg.subject.split(".")[2], task_id)
@@ -310,11 +320,11 @@ class Ingester:
         restored = None
         if src is None:
             restored = self.ctx.work_dir / f"{entry.task_id}.restore"
-            try:
+            try:  # a bus error propagates: the entry stays submitted and the next rescan tries again
                 await get_to_file(self.ctx.store, object_name(entry.task_id, "media"), restored)
                 src = restored
-            except (ObjectMissing, *_BUS_ERRORS) as exc:
-                tlog.warning("cannot restore %s from the object store (%s); writing only its error file", rel, exc)
+            except ObjectMissing:
+                tlog.warning("%s is gone from the object store too; writing only its error file", rel)
         try:
             dest = await asyncio.to_thread(fail_file, src, self.config.failed, rel, reason, entry.task_id)
         finally:
@@ -332,14 +342,19 @@ class Ingester:
                 log.warning("cannot check submitted tasks now: %s", exc)
                 return
             state = _state_of(record)
-            if state in (COMPLETED, FAILED):
+            if state not in (COMPLETED, FAILED):
+                continue
+            try:
                 await self._settle(entry.task_id, state, (record.error or "the task failed") if record else "")
+            except Exception:  # noqa: BLE001 - stays submitted: the next rescan tries again
+                log.exception("settling %s failed", entry.task_id)
 
     def _worth_keeping(self, entry: LedgerEntry) -> bool:
-        if entry.state == SUBMITTED:  # a task the registry forgot long ago will not report back
-            return time.time() - entry.ts < 2 * self.ctx.settings.retention
-        # A finished file is only remembered while it stays in the inbox (inbox_after = keep).
-        return bool(entry.location) and self.config.rel(entry.location) is not None and _unchanged(Path(entry.location), entry)
+        """A file left in the inbox is remembered while it stays there unchanged; a submitted one until
+        its outcome is known, or until long after the registry must have forgotten its task."""
+        if entry.location and self.config.rel(entry.location) is not None and _unchanged(Path(entry.location), entry):
+            return True
+        return entry.state == SUBMITTED and time.time() - entry.ts < 2 * self.ctx.settings.retention
 
     async def _registry_get(self, task_id: str) -> TaskRecord | None:
         body = encode(RegistryRequest(op="get", task_id=task_id))

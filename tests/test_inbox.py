@@ -233,7 +233,8 @@ def test_task_ids_ignore_unicode_normalisation_of_names() -> None:
 def test_folders_map_to_output_folders_and_stems() -> None:
     nested = task_options(PurePosixPath("team/2024/встреча.m4a"), BASE)
     assert nested == TaskOptions(
-        model=None, formats=BASE.formats, write_output=True, output_dir="team/2024", output_stem="встреча", source="inbox"
+        model=None, formats=BASE.formats, write_output=True, output_dir="team/2024", output_stem="встреча",
+        source="inbox",
     )
     top = task_options(PurePosixPath("a.mp3"), BASE)
     assert (top.output_dir, top.output_stem) == ("", "a")
@@ -325,8 +326,8 @@ def test_failed_files_get_an_error_note(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- ledger
 
 
-def entry(task_id: str, rel: str, state: str = SUBMITTED, location: str = "", size: int = 1, ts: float = 0.0) -> LedgerEntry:
-    return LedgerEntry(task_id, rel, state, location, size, 123, ts)
+def entry(task_id: str, rel: str, state: str = SUBMITTED, location: str = "") -> LedgerEntry:
+    return LedgerEntry(task_id, rel, state, location, 1, 123, 0.0)
 
 
 def test_the_ledger_survives_a_restart_and_a_torn_line(tmp_path: Path) -> None:

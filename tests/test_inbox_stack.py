@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import fnmatch
+import hashlib
 import os
 import threading
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import nats.errors
 import numpy as np
@@ -18,15 +19,22 @@ import pytest
 from nats.js import api
 
 from pipeline.bus import Bus
+from pipeline.inbox import FolderOptions, task_id_for, task_options
 from pipeline.output import TEMP_PATTERNS
+from pipeline.settings import Settings
+from pipeline.submit import submit_file
 from schemas.messages import RegistryReply, RegistryRequest, TaskEvent, TaskRecord, decode, encode
 from schemas.subjects import EVENT_PREFIX, EVENTS_STREAM, registry_subject
-from tests.stack import Stack, speech, write_wav
+from tests.stack import Stack, registry_get, speech, write_wav
 from tests.test_engine_conformance import GOLDEN
 
-pytestmark = [pytest.mark.skipif(not GOLDEN.is_dir(), reason="gigaam-kit goldens not present"), pytest.mark.timeout(240)]
+pytestmark = [
+    pytest.mark.skipif(not GOLDEN.is_dir(), reason="gigaam-kit goldens not present"),
+    pytest.mark.timeout(240),
+]
 
 STAGES = ("registry", "decode", "infer", "format", "ingest")
+STABLE = 1.0  # seconds; the slow writers below pause well below it, or well above it
 SPEECH = speech("01_speech_2s", "02_speech_5s")
 
 
@@ -34,7 +42,7 @@ SPEECH = speech("01_speech_2s", "02_speech_5s")
 def stack(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("inbox")
     s = Stack(
-        root, GIGAAM_INBOX_DIR=str(root / "inbox"), GIGAAM_INBOX_STABLE_INTERVAL="0.5",
+        root, GIGAAM_INBOX_DIR=str(root / "inbox"), GIGAAM_INBOX_STABLE_INTERVAL=str(STABLE),
         GIGAAM_INBOX_RESCAN_INTERVAL="3",
     ).start()
     yield s
@@ -104,7 +112,8 @@ def visible(root: Path) -> list[Path]:
     out = []
     for path in root.rglob("*"):
         parts = path.relative_to(root).parts
-        if path.is_file() and path.name != ".stignore" and not any(fnmatch.fnmatchcase(p, pat) for p in parts for pat in TEMP_PATTERNS):
+        hidden = any(fnmatch.fnmatchcase(p, pattern) for p in parts for pattern in TEMP_PATTERNS)
+        if path.is_file() and path.name != ".stignore" and not hidden:
             out.append(path)
     return out
 
@@ -122,12 +131,12 @@ async def test_a_file_copied_slowly_is_taken_only_once_complete(stack: Stack, tm
         data = wav_bytes(speech("02_speech_5s"), tmp_path / "slow.wav")
         target = stack.root / "inbox" / "slow" / "slow.wav"
         target.parent.mkdir(parents=True)
-        chunks = [data[i : i + len(data) // 16] for i in range(0, len(data), len(data) // 16)]
-        with open(target, "wb") as fh:  # pauses shorter than the stable interval, 3+ s in all
-            for chunk in chunks:
-                fh.write(chunk)
+        step = len(data) // 20
+        with open(target, "wb") as fh:  # pauses well below the stable interval, 3+ s in all
+            for start in range(0, len(data), step):
+                fh.write(data[start : start + step])
                 fh.flush()
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(STABLE / 6)
                 assert target.exists(), "taken while still being written"
         last_write = time.time()
         out = stack.output_dir / "slow" / "slow.txt"
@@ -155,11 +164,10 @@ async def test_a_syncthing_temp_file_renamed_into_place_is_taken_once(stack: Sta
                     data = contents[final]
                     handles[temp].write(data[part * len(data) // 3 : (part + 1) * len(data) // 3])
                     handles[temp].flush()
-                await asyncio.sleep(0.8)
+                await asyncio.sleep(STABLE * 1.3)
         finally:
             for fh in handles.values():
                 fh.close()
-        await asyncio.sleep(1.0)
         assert sorted(names(folder)) == sorted(temps) and await inbox_tasks(bus, "phone") == []
         for temp, final in temps.items():
             os.rename(folder / temp, folder / final)
@@ -192,7 +200,8 @@ async def test_nested_folders_and_folder_options(stack: Stack, tmp_path: Path) -
         write_wav(inbox / "team" / "top.wav", clip(2, 2.0))
         write_wav(inbox / "wrongmodel" / "c.wav", clip(3, 2.0))
         out = stack.output_dir
-        await eventually(lambda: (out / "team" / "sub" / "Встреча.vtt").exists() and (out / "team" / "top.vtt").exists())
+        both = (out / "team" / "sub" / "Встреча.vtt", out / "team" / "top.vtt")
+        await eventually(lambda: all(p.exists() for p in both), what="the nested outputs")
         assert sorted(str(p.relative_to(out / "team")) for p in visible(out / "team")) == [
             "sub/Встреча.txt", "sub/Встреча.vtt", "top.txt", "top.vtt"
         ]
@@ -230,7 +239,8 @@ async def test_undecodable_files_land_in_failed_with_their_reason(stack: Stack) 
         assert ".gigaam.toml" in notes[2].read_text() and "not valid TOML" in notes[2].read_text()
         assert names(failed / "broken") == ["empty.wav", "empty.wav.error.txt", "garbage.mp3", "garbage.mp3.error.txt"]
         assert names(folder) == ["readme.txt"]
-        [task] = await eventually(lambda: settled(bus, "broken", 1), what="the failed row")  # the probe refused the rest
+        # only the file that passed the local probe became a task
+        [task] = await eventually(lambda: settled(bus, "broken", 1), what="the failed row")
         assert task.filename == "empty.wav" and task.status == "failed"
     finally:
         await bus.close()
@@ -333,7 +343,31 @@ async def test_the_ingester_killed_mid_burst_misses_none_and_duplicates_none(sta
         await bus.close()
 
 
-# --------------------------------------------------------------------------- polling, keep
+async def test_a_file_whose_task_exists_is_not_submitted_again(stack: Stack, tmp_path: Path) -> None:
+    """The crash window between submitting a file and moving it: on restart the file is still in the
+    inbox and its task already exists."""
+    bus = await stack.ready(STAGES)
+    try:
+        rel = PurePosixPath("window/w.wav")
+        source = write_wav(tmp_path / "w.wav", clip(5, 2.0))
+        options = task_options(rel, FolderOptions(None, Settings().output_formats))
+        task_id = task_id_for(hashlib.sha256(source.read_bytes()).hexdigest(), rel, options)
+        await submit_file(bus, source, filename="w.wav", options=options, task_id=task_id)
+        await eventually(lambda: registry_get(bus, task_id), what="the task row")
+        (stack.root / "inbox" / "window").mkdir()
+        write_wav(stack.root / "inbox" / "window" / "w.wav", clip(5, 2.0))
+        await eventually((stack.root / "processed" / "window" / "w.wav").exists, what="the file moved")
+        [task] = await eventually(lambda: settled(bus, "window", 1), what="the task done")
+        assert task.task_id == task_id and task.status == "completed"
+        log = stack.log.read_text()
+        assert "window/w.wav is already a task" in log and "submitted window/w.wav" not in log
+        assert (await completed_per_task(bus))[task_id] == 1
+        assert sorted(p.name for p in visible(stack.output_dir / "window")) == ["w.json", "w.srt", "w.txt"]
+    finally:
+        await bus.close()
+
+
+# --------------------------------------------------------------------------- polling, keep, delete
 
 
 async def test_polling_mode_keeps_files_and_never_resubmits_them(tmp_path: Path) -> None:
@@ -360,7 +394,8 @@ async def test_polling_mode_keeps_files_and_never_resubmits_them(tmp_path: Path)
         log = stack.log.read_text()
         assert "(polling," in log
         assert log.count("submitted a/kept.wav") == 1
-        assert kept.exists() and sorted(p.name for p in visible(stack.output_dir / "a")) == ["kept.json", "kept.srt", "kept.txt"]
+        assert kept.exists()
+        assert sorted(p.name for p in visible(stack.output_dir / "a")) == ["kept.json", "kept.srt", "kept.txt"]
         assert not (tmp_path / "processed").exists()
     finally:
         await bus.close()
@@ -372,3 +407,24 @@ def _restarted(stack: Stack, victim: int) -> bool:
         return stack.pid("ingest") != victim
     except (FileNotFoundError, ValueError):
         return False
+
+
+async def test_delete_mode_restores_a_failed_file_from_the_object_store(tmp_path: Path) -> None:
+    """`GIGAAM_INBOX_AFTER=delete` removes files once submitted; one whose task fails later still
+    lands in failed/, fetched back from the uploaded copy."""
+    stack = Stack(tmp_path, GIGAAM_INBOX_DIR=str(tmp_path / "inbox"), GIGAAM_INBOX_AFTER="delete",
+                  GIGAAM_INBOX_STABLE_INTERVAL="0.5").start()
+    bus = await stack.ready(STAGES)
+    try:
+        (tmp_path / "inbox").mkdir(exist_ok=True)
+        good = write_wav(tmp_path / "inbox" / "good.wav", clip(8, 2.0))
+        empty = write_wav(tmp_path / "inbox" / "empty.wav", np.zeros(0, dtype=np.int16))
+        data = empty.read_bytes()
+        note = tmp_path / "failed" / "empty.wav.error.txt"
+        await eventually(lambda: note.exists() and (stack.output_dir / "good.txt").exists(), what="both outcomes")
+        assert not good.exists() and not empty.exists() and not (tmp_path / "processed").exists()
+        assert (tmp_path / "failed" / "empty.wav").read_bytes() == data
+        assert "zero duration" in note.read_text()
+    finally:
+        await bus.close()
+        stack.stop()
