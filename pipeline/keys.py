@@ -69,8 +69,10 @@ def parse_record(value: bytes | None) -> ApiKey | None:
     return ApiKey(**{k: doc.get(k) for k in ApiKey.__dataclass_fields__})
 
 
-async def keys_bucket(bus: Bus) -> KeyValue:
-    return await open_bucket(bus.js, KEYS_BUCKET)
+async def keys_bucket(bus: Bus, replicas: int = 1) -> KeyValue:
+    """No TTL: keys live until revoked. `replicas` matters only to whoever creates the bucket first
+    (the API service, at start)."""
+    return await open_bucket(bus.js, KEYS_BUCKET, replicas=replicas)
 
 
 async def create_key(bus: Bus, name: str) -> tuple[str, ApiKey]:

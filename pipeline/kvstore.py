@@ -4,7 +4,8 @@ idempotency claims, webhook registrations). Values are JSON objects; writers tha
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import nats.js.errors
 import orjson
@@ -18,14 +19,14 @@ class Contention(RuntimeError):
     """Other writers kept changing the entry between our read and our write."""
 
 
-async def open_bucket(js: JetStreamContext, name: str, *, ttl: float | None = None) -> KeyValue:
+async def open_bucket(js: JetStreamContext, name: str, *, ttl: float | None = None, replicas: int = 1) -> KeyValue:
     """Binds to the bucket, creating it on first use. An existing bucket keeps its limits: callers
     use the TTL only to collect garbage, never for correctness, so a changed setting is harmless."""
     try:
         return await js.key_value(name)
     except nats.js.errors.BucketNotFoundError:
         pass
-    config = api.KeyValueConfig(bucket=name, history=1, ttl=ttl, storage=api.StorageType.FILE)
+    config = api.KeyValueConfig(bucket=name, history=1, ttl=ttl, storage=api.StorageType.FILE, replicas=replicas)
     try:
         return await js.create_key_value(config)
     except nats.js.errors.BadRequestError as exc:  # another process created it with other limits

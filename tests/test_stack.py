@@ -303,6 +303,7 @@ async def test_missing_model_is_reported_once_per_attempt_without_crash_looping(
         assert stack.pid("infer") == first  # alive and waiting, not restarting
         assert "cannot load the model: model file" in stack.log.read_text(errors="replace")
         assert (await registry_get(bus, task_id)).status in ("pending", "processing")  # queued, not failed
+        assert (stack.output_dir / ".stignore").is_file()  # written at start, before any result
     finally:
         await bus.close()
         stack.stop()

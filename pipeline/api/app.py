@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
+from nats.js.object_store import ObjectStore
 from sanic import Blueprint, Sanic
 
 from pipeline.api import errors, events, meta, openai, routes_v1
@@ -44,16 +45,17 @@ def check_settings(settings: Settings) -> None:
         raise SettingsError("GIGAAM_API_SYNC_TIMEOUT must be positive (seconds)")
 
 
-async def open_api(settings: Settings, bus: Bus, store, upload_dir: Path) -> Api:  # noqa: ANN001 - ObjectStore
+async def open_api(settings: Settings, bus: Bus, store: ObjectStore, upload_dir: Path) -> Api:
     check_settings(settings)
-    rate_kv = await open_bucket(bus.js, RATE_BUCKET, ttl=max(120.0, 2 * settings.api_rate_window))
-    idempotency_kv = await open_bucket(bus.js, IDEMPOTENCY_BUCKET, ttl=IDEMPOTENCY_TTL)
-    webhooks_kv = await open_bucket(bus.js, WEBHOOKS_BUCKET, ttl=settings.retention)
+    replicas = settings.nats_replicas
+    rate_kv = await open_bucket(bus.js, RATE_BUCKET, ttl=max(120.0, 2 * settings.api_rate_window), replicas=replicas)
+    idempotency_kv = await open_bucket(bus.js, IDEMPOTENCY_BUCKET, ttl=IDEMPOTENCY_TTL, replicas=replicas)
+    webhooks_kv = await open_bucket(bus.js, WEBHOOKS_BUCKET, ttl=settings.retention, replicas=replicas)
     return Api(
         settings=settings,
         bus=bus,
         store=store,
-        keys=KeyCache(await keys_bucket(bus)),
+        keys=KeyCache(await keys_bucket(bus, replicas)),
         limiter=RateLimiter(
             rate_kv, uploads=settings.api_rate_uploads, calls=settings.api_rate_calls, window=settings.api_rate_window
         ),
@@ -64,13 +66,21 @@ async def open_api(settings: Settings, bus: Bus, store, upload_dir: Path) -> Api
     )
 
 
+def _dumps(value: object) -> bytes:
+    """UTF-8 as is (not \\u escapes); integer keys occur in the OpenAPI document's responses."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+
+
 def create_app(api: Api, name: str = "gigaam_api") -> Sanic:
-    app = Sanic(name, configure_logging=False, dumps=orjson.dumps)  # UTF-8 as is, not \u escapes
+    app = Sanic(name, configure_logging=False, dumps=_dumps)
     app.config.update(
         MOTD=False,
         # A request handler may legitimately wait this long for its transcript (OpenAI endpoint);
         # Sanic's timeouts count idle time, so a slow upload that keeps sending is never cut.
         RESPONSE_TIMEOUT=max(60.0, api.settings.api_sync_timeout + 60.0),
+        # sanic-ext's automatic HEAD routes would call handlers without the blueprint middleware,
+        # i.e. without authentication: HEAD answers 405 instead.
+        HTTP_AUTO_HEAD=False,
         OAS_UI_DEFAULT="swagger",
         OAS_AUTODOC=False,
         OAS_URL_PREFIX="/docs",

@@ -34,7 +34,7 @@ _SANIC_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
 class ApiError(Exception):
     """An expected failure: `code` is stable, `params` fill the message template of that code."""
 
-    def __init__(self, status: int, code: str, *, headers: dict[str, str] | None = None, **params: Any) -> None:
+    def __init__(self, status: int, code: str, /, *, headers: dict[str, str] | None = None, **params: Any) -> None:
         super().__init__(code)
         self.status = status
         self.code = code

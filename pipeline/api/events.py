@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import replace
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from dataclasses import replace
 from typing import Any
 
 import nats.errors
@@ -56,7 +56,9 @@ async def task_events(request: Request, task_id: str) -> None:
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
     await response.send(b"retry: 3000\n\n")
-    await response.send(_frame(record.status if record.status in TERMINAL_STATUSES else "status", status_body(record, lang)))
+    await response.send(
+        _frame(record.status if record.status in TERMINAL_STATUSES else "status", status_body(record, lang))
+    )
     if record.status not in TERMINAL_STATUSES:
         await _stream(response, api.bus, record, owner, lang)
     await response.eof()

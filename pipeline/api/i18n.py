@@ -34,14 +34,20 @@ TEXTS: dict[str, tuple[str, str]] = {
         "Ожидается multipart/form-data с файлом в поле {field}",
         "Expected multipart/form-data with the file in the {field} field",
     ),
-    "bad_multipart": ("Повреждённое тело multipart/form-data: {reason}", "Malformed multipart/form-data body: {reason}"),
+    "bad_multipart": (
+        "Повреждённое тело multipart/form-data: {reason}",
+        "Malformed multipart/form-data body: {reason}",
+    ),
     "file_missing": ("Нет файла: передайте его в поле {field}", "No file: send it in the {field} field"),
     "empty_file": ("Файл пустой", "The file is empty"),
     "unsupported_format": (
         "Формат «{extension}» не поддерживается. Допустимые: {supported}",
         "Format '{extension}' is not supported. Supported: {supported}",
     ),
-    "bad_media": ("Файл не удаётся прочитать как аудио или видео: {reason}", "The file is not readable audio or video: {reason}"),
+    "bad_media": (
+        "Файл не удаётся прочитать как аудио или видео: {reason}",
+        "The file is not readable audio or video: {reason}",
+    ),
     "bad_parameter": ("Неверный параметр {name}: {reason}", "Invalid parameter {name}: {reason}"),
     "bad_callback_url": ("Недопустимый callback_url: {reason}", "Invalid callback_url: {reason}"),
     "bad_request": ("Неверный запрос", "Bad request"),

@@ -13,6 +13,7 @@ from sanic import Request
 from pipeline.api.context import api_of
 from pipeline.api.errors import ApiError
 from pipeline.api.i18n import Both
+from pipeline.api.tasks import wait_registered
 from pipeline.api.uploads import FORM_OVERHEAD, probe, receive_upload, refuse_too_large
 from pipeline.api.webhooks import TargetRefused, base_url, check_target
 from pipeline.bus import BusTimeout
@@ -31,11 +32,6 @@ class Accepted:
     filename: str
     file_size: int
     media_duration: float | None  # as the container declares it; None when it does not say
-    fields: dict[str, list[str]]
-
-    def field(self, name: str) -> str | None:
-        values = self.fields.get(name)
-        return values[0] if values else None
 
 
 async def accept(
@@ -59,27 +55,42 @@ async def accept(
         assert upload.filename is not None
         try:
             await submit_file(
-                api.bus, upload.path, filename=upload.filename, options=TaskOptions(source="api"),
-                owner=principal.owner, task_id=task_id,
+                api.bus,
+                upload.path,
+                filename=upload.filename,
+                options=TaskOptions(source="api"),
+                owner=principal.owner,
+                task_id=task_id,
             )
         except (nats.errors.Error, BusTimeout, TimeoutError) as exc:
             if callback:
                 await api.webhooks.forget(task_id)
             log.warning("submit of %s failed: %s", task_id, exc)
-            raise ApiError(503, "service_unavailable", reason=Both("шина сообщений не приняла задачу", "the message bus did not take the task")) from None
+            raise ApiError(
+                503,
+                "service_unavailable",
+                reason=Both("шина сообщений не приняла задачу", "the message bus did not take the task"),
+            ) from None
     finally:
         upload.discard()
-    task_logger(log, task_id, "api").info(
-        "accepted %r (%d bytes, %s, owner %s)", upload.filename, upload.size, info.format_name, principal.owner
-    )
-    return Accepted(task_id, upload.filename, upload.size, info.duration, upload.fields)
+    tlog = task_logger(log, task_id, "api")
+    tlog.info("accepted %r (%d bytes, %s, owner %s)", upload.filename, upload.size, info.format_name, principal.owner)
+    if not await wait_registered(api.bus, task_id, principal.owner):
+        tlog.warning("the registry has not recorded the task yet; answering anyway")
+    return Accepted(task_id, upload.filename, upload.size, info.duration)
 
 
 async def _register_callback(request: Request, task_id: str, url: str) -> None:
     api = api_of(request)
     principal = request.ctx.principal
     if principal.key_hash is None:
-        raise ApiError(400, "bad_callback_url", reason=Both("вебхук подписывается API ключом: передайте ключ", "webhooks are signed with your API key: send one"))
+        raise ApiError(
+            400,
+            "bad_callback_url",
+            reason=Both(
+                "вебхук подписывается API ключом: передайте ключ", "webhooks are signed with your API key: send one"
+            ),
+        )
     try:
         await check_target(url, api.settings.webhook_allow_private)
     except TargetRefused as exc:

@@ -18,7 +18,8 @@ from sanic_ext import openapi
 from pipeline.api import openapi as docs
 from pipeline.api.context import api_of
 from pipeline.api.uploads import SUPPORTED
-from pipeline.bus import Bus, BusTimeout, request as bus_request
+from pipeline.bus import Bus, BusTimeout
+from pipeline.bus import request as bus_request
 from schemas.messages import RegistryReply, RegistryRequest, decode, encode
 from schemas.subjects import STAGES, WORKER_PING_PREFIX, registry_subject
 
@@ -41,15 +42,17 @@ def package_version() -> str:
     summary="API information", tag="service", response=[docs.json_response(200, "ApiInfo", "about this API")]
 )
 async def info(request: Request) -> HTTPResponse:
-    return json({
-        "name": "GigaAM v3 Transcriber API",
-        "version": package_version(),
-        "docs": "/docs",
-        "health": "/health",
-        "openai_base_url": "/v1",
-        "max_upload_bytes": api_of(request).settings.api_max_upload_bytes,
-        "supported_formats": SUPPORTED.split(", "),
-    })
+    return json(
+        {
+            "name": "GigaAM v3 Transcriber API",
+            "version": package_version(),
+            "docs": "/docs",
+            "health": "/health",
+            "openai_base_url": "/v1",
+            "max_upload_bytes": api_of(request).settings.api_max_upload_bytes,
+            "supported_formats": SUPPORTED.split(", "),
+        }
+    )
 
 
 @bp.get("/health")
@@ -74,7 +77,7 @@ async def check_all(bus: Bus) -> dict[str, dict[str, Any]]:
         return {**checks, "registry": {"ok": False}, **{stage: {"ok": False} for stage in STAGES}}
     names = ["registry", *STAGES]
     answers = await asyncio.gather(_registry(bus), *(_worker(bus, stage) for stage in STAGES))
-    checks.update(zip(names, answers))
+    checks.update(zip(names, answers, strict=True))
     return checks
 
 

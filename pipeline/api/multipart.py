@@ -149,7 +149,8 @@ def parse_header_value(value: str) -> tuple[str, dict[str, str]]:
     for match in _PARAM.finditer(";" + rest):
         raw = match.group(2).strip()
         if raw.startswith('"') and raw.endswith('"') and len(raw) >= 2:
-            raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
+            # Only \" is unescaped: clients send Windows paths with raw backslashes.
+            raw = raw[1:-1].replace('\\"', '"')
         params[match.group(1).lower()] = raw
     return head.strip().lower(), params
 

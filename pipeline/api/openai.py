@@ -31,10 +31,18 @@ bp = Blueprint("openai", url_prefix="/v1")
 
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 GRANULARITIES = ("word", "segment")
-FIELDS = frozenset({
-    "model", "response_format", "timestamp_granularities[]", "timestamp_granularities", "language", "prompt",
-    "temperature", "stream",
-})
+FIELDS = frozenset(
+    {
+        "model",
+        "response_format",
+        "timestamp_granularities[]",
+        "timestamp_granularities",
+        "language",
+        "prompt",
+        "temperature",
+        "stream",
+    }
+)
 _TEXT_TYPES = {"text": ("txt", "text/plain"), "srt": ("srt", "text/plain"), "vtt": ("vtt", "text/vtt")}
 
 
@@ -43,26 +51,32 @@ _TEXT_TYPES = {"text": ("txt", "text/plain"), "srt": ("srt", "text/plain"), "vtt
     summary="Transcribe a file (OpenAI-compatible)",
     description="Same request and response as OpenAI's audio transcription endpoint; waits for the result.",
     tag="openai",
-    body=docs.upload_body({
-        "model": {"type": "string", "description": "accepted for compatibility, e.g. whisper-1"},
-        "response_format": {"type": "string", "enum": list(FORMATS), "default": "json"},
-        "timestamp_granularities[]": {
-            "type": "array",
-            "items": {"type": "string", "enum": list(GRANULARITIES)},
-            "description": "with verbose_json: word and/or segment",
-        },
-        "language": {"type": "string", "description": "accepted; the model transcribes Russian"},
-        "prompt": {"type": "string", "description": "accepted and ignored"},
-        "temperature": {"type": "number", "description": "accepted and ignored"},
-    }),
+    body=docs.upload_body(
+        {
+            "model": {"type": "string", "description": "accepted for compatibility, e.g. whisper-1"},
+            "response_format": {"type": "string", "enum": list(FORMATS), "default": "json"},
+            "timestamp_granularities[]": {
+                "type": "array",
+                "items": {"type": "string", "enum": list(GRANULARITIES)},
+                "description": "with verbose_json: word and/or segment",
+            },
+            "language": {"type": "string", "description": "accepted; the model transcribes Russian"},
+            "prompt": {"type": "string", "description": "accepted and ignored"},
+            "temperature": {"type": "number", "description": "accepted and ignored"},
+        }
+    ),
     response=[
         {
             "status": 200,
             "description": "the transcript in the requested format",
             "content": {
                 "application/json": {
-                    "schema": {"oneOf": [{"$ref": "#/components/schemas/OpenAITranscription"},
-                                         {"$ref": "#/components/schemas/OpenAIVerboseTranscription"}]},
+                    "schema": {
+                        "oneOf": [
+                            {"$ref": "#/components/schemas/OpenAITranscription"},
+                            {"$ref": "#/components/schemas/OpenAIVerboseTranscription"},
+                        ]
+                    },
                     "example": docs.EXAMPLES["OpenAITranscription"],
                 },
                 "text/plain": {"schema": {"type": "string"}, "example": docs.EXAMPLE_TRANSCRIPT},
@@ -99,7 +113,12 @@ def _options(fields: dict[str, list[str]]) -> dict[str, Any]:
     if unknown:
         raise ApiError(400, "bad_parameter", name="timestamp_granularities[]", reason=one_of(GRANULARITIES))
     if (fields.get("stream") or ["false"])[0].lower() in ("true", "1"):
-        raise ApiError(400, "bad_parameter", name="stream", reason=Both("потоковый ответ не поддерживается", "streaming is not supported"))
+        raise ApiError(
+            400,
+            "bad_parameter",
+            name="stream",
+            reason=Both("потоковый ответ не поддерживается", "streaming is not supported"),
+        )
     temperature = (fields.get("temperature") or [""])[0]
     if temperature:
         try:
@@ -113,17 +132,32 @@ async def _render(request: Request, event: TaskEvent, fmt: str, granularities: s
     outputs = event.outputs or {}
     if fmt in _TEXT_TYPES:
         name, content_type = _TEXT_TYPES[fmt]
-        return text((await _object(request, outputs, name)).decode("utf-8"), content_type=f"{content_type}; charset=utf-8")
+        return text(
+            (await _object(request, outputs, name)).decode("utf-8"), content_type=f"{content_type}; charset=utf-8"
+        )
     doc = orjson.loads(await _object(request, outputs, "json"))
     usage = {"type": "duration", "seconds": math.ceil(doc.get("duration") or 0)}
     if fmt == "json":
         return json({"text": doc["text"], "usage": usage})
-    body: dict[str, Any] = {"task": "transcribe", "language": "russian", "duration": doc["duration"], "text": doc["text"]}
+    body: dict[str, Any] = {
+        "task": "transcribe",
+        "language": "russian",
+        "duration": doc["duration"],
+        "text": doc["text"],
+    }
     if "segment" in granularities or not granularities:
         body["segments"] = [
             {
-                "id": i, "seek": 0, "start": s["start"], "end": s["end"], "text": s["text"], "tokens": [],
-                "temperature": 0.0, "avg_logprob": 0.0, "compression_ratio": 0.0, "no_speech_prob": 0.0,
+                "id": i,
+                "seek": 0,
+                "start": s["start"],
+                "end": s["end"],
+                "text": s["text"],
+                "tokens": [],
+                "temperature": 0.0,
+                "avg_logprob": 0.0,
+                "compression_ratio": 0.0,
+                "no_speech_prob": 0.0,
             }
             for i, s in enumerate(doc["segments"])
         ]

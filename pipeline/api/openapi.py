@@ -7,7 +7,8 @@ example for every response, errors included.
 
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from sanic import Sanic
 from sanic_ext import openapi
@@ -45,7 +46,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                 "required": ["code", "message", "type"],
                 "properties": {
                     "code": {"type": "string", "description": "stable machine code", "example": "task_not_found"},
-                    "message": {"type": "string", "description": "for people; Russian unless Accept-Language asks for en"},
+                    "message": {
+                        "type": "string",
+                        "description": "for people; Russian unless Accept-Language asks for en",
+                    },
                     "type": {"type": "string", "description": "error class, as in OpenAI's error object"},
                 },
             },
@@ -262,11 +266,13 @@ def errors(*statuses: int) -> list[dict[str, Any]]:
         code, params = ERROR_EXAMPLES[status]
         message = text(code, "ru", **params)
         example = {"error": {"code": code, "message": message, "type": "..."}, "detail": message}
-        out.append({
-            "status": status,
-            "description": f"error `{code}` and others; see the error codes in docs/api.md",
-            "content": {"application/json": {"schema": _ref("Error"), "example": example}},
-        })
+        out.append(
+            {
+                "status": status,
+                "description": f"error `{code}` and others; see the error codes in docs/api.md",
+                "content": {"application/json": {"schema": _ref("Error"), "example": example}},
+            }
+        )
     return out
 
 
@@ -291,7 +297,9 @@ def upload_body(fields: dict[str, dict[str, Any]]) -> dict[str, Any]:
     properties.update(fields)
     return {
         "required": True,
-        "content": {"multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": properties}}},
+        "content": {
+            "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": properties}}
+        },
     }
 
 

@@ -23,6 +23,7 @@ from pipeline.kvstore import Contention, cas
 UPLOAD = "upload"
 CALL = "call"
 
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     allowed: bool

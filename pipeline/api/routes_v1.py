@@ -38,19 +38,23 @@ REPLAY_WAIT = 30.0  # seconds a repeated Idempotency-Key waits for the first req
     "its events, or pass `callback_url` to be called when it ends. The same `Idempotency-Key` within 24 h "
     "answers with the first task.",
     tag="tasks",
-    body=docs.upload_body({
-        CALLBACK_FIELD: {
-            "type": "string",
-            "format": "uri",
-            "description": "POSTed the final status and result links, signed (X-Signature)",
-        },
-    }),
-    parameter=[{
-        "name": "Idempotency-Key",
-        "location": "header",
-        "schema": openapi.String(maxLength=MAX_KEY_LENGTH),
-        "description": "repeat-safe uploads: the same key within 24 h returns the first task",
-    }],
+    body=docs.upload_body(
+        {
+            CALLBACK_FIELD: {
+                "type": "string",
+                "format": "uri",
+                "description": "POSTed the final status and result links, signed (X-Signature)",
+            },
+        }
+    ),
+    parameter=[
+        {
+            "name": "Idempotency-Key",
+            "location": "header",
+            "schema": openapi.String(maxLength=MAX_KEY_LENGTH),
+            "description": "repeat-safe uploads: the same key within 24 h returns the first task",
+        }
+    ],
     response=[
         docs.json_response(202, "TaskAccepted", "accepted and queued"),
         *docs.errors(400, 401, 409, 413, 429, 500, 503),
@@ -92,7 +96,12 @@ async def _claim(request: Request) -> Claim | None:
     if header is None:
         return None
     if not 0 < len(header) <= MAX_KEY_LENGTH or not header.isprintable():
-        raise ApiError(400, "bad_parameter", name="Idempotency-Key", reason=Both(f"от 1 до {MAX_KEY_LENGTH} печатных символов", f"1 to {MAX_KEY_LENGTH} printable characters"))
+        raise ApiError(
+            400,
+            "bad_parameter",
+            name="Idempotency-Key",
+            reason=Both(f"от 1 до {MAX_KEY_LENGTH} печатных символов", f"1 to {MAX_KEY_LENGTH} printable characters"),
+        )
     return await api_of(request).idempotency.claim(request.ctx.principal.owner, header)
 
 
@@ -148,15 +157,17 @@ async def task_result(request: Request, task_id: str) -> HTTPResponse:
     record = await get_task(api.bus, task_id, request.ctx.principal.owner)
     require_completed(record)
     timecodes = await _result_object(request, record.outputs, task_id, "timecodes")
-    return json({
-        "task_id": record.task_id,
-        "status": record.status,
-        "filename": record.filename,
-        "transcription": record.text or "",
-        "transcription_with_timecodes": timecodes.decode("utf-8"),
-        "processing_time": record.processing_time,
-        "media_duration": record.media_duration,
-    })
+    return json(
+        {
+            "task_id": record.task_id,
+            "status": record.status,
+            "filename": record.filename,
+            "transcription": record.text or "",
+            "transcription_with_timecodes": timecodes.decode("utf-8"),
+            "processing_time": record.processing_time,
+            "media_duration": record.media_duration,
+        }
+    )
 
 
 @bp.get("/tasks/<task_id:str>/download")
@@ -204,7 +215,11 @@ def attachment(filename: str) -> str:
     tag="tasks",
     parameter=[
         {"name": "status_filter", "location": "query", "schema": openapi.String(enum=docs.STATUSES)},
-        {"name": "limit", "location": "query", "schema": openapi.Integer(minimum=1, maximum=MAX_LIST_LIMIT, default=100)},
+        {
+            "name": "limit",
+            "location": "query",
+            "schema": openapi.Integer(minimum=1, maximum=MAX_LIST_LIMIT, default=100),
+        },
         {"name": "offset", "location": "query", "schema": openapi.Integer(minimum=0, default=0)},
     ],
     response=[docs.json_response(200, "TaskList", "a page of tasks"), *docs.errors(400, 401, 429)],
@@ -244,5 +259,7 @@ def _int_arg(request: Request, name: str, default: int, low: int, high: int | No
 )
 @docs.secured
 async def task_delete(request: Request, task_id: str) -> HTTPResponse:
-    await registry_call(api_of(request).bus, RegistryRequest(op="delete", task_id=task_id, owner=request.ctx.principal.owner))
+    await registry_call(
+        api_of(request).bus, RegistryRequest(op="delete", task_id=task_id, owner=request.ctx.principal.owner)
+    )
     return json({"message": text("task_deleted", language(request), task_id=task_id)})

@@ -22,7 +22,9 @@ async def registry_call(bus: Bus, query: RegistryRequest) -> RegistryReply:
     try:
         raw = await request(bus.nc, registry_subject(query.op), encode(query), REGISTRY_TIMEOUT)
     except BusTimeout:
-        raise ApiError(503, "service_unavailable", reason=Both("реестр задач не отвечает", "the task registry does not answer")) from None
+        raise ApiError(
+            503, "service_unavailable", reason=Both("реестр задач не отвечает", "the task registry does not answer")
+        ) from None
     reply = decode(RegistryReply, raw)
     if reply.ok:
         return reply
@@ -48,6 +50,20 @@ async def settled_task(bus: Bus, task_id: str, owner: str, timeout: float = 10.0
         if record.status in TERMINAL_STATUSES or time.monotonic() >= deadline:
             return record
         await asyncio.sleep(0.05)
+
+
+async def wait_registered(bus: Bus, task_id: str, owner: str, timeout: float = 5.0) -> bool:
+    """Read-your-writes for uploads: answer 202 only once the registry knows the task, so a client
+    that asks for its status right away never gets a 404. False when the registry stayed behind."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await get_task(bus, task_id, owner)
+            return True
+        except ApiError as exc:
+            if exc.code != "task_not_found" or time.monotonic() >= deadline:
+                return False
+        await asyncio.sleep(0.02)
 
 
 def iso(ts: float | None) -> str | None:

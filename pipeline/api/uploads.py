@@ -21,7 +21,13 @@ from sanic import Request
 
 from pipeline.api.errors import ApiError
 from pipeline.api.i18n import Both
-from pipeline.api.multipart import MultipartError, MultipartParser, boundary_of, disposition_filename, parse_header_value
+from pipeline.api.multipart import (
+    MultipartError,
+    MultipartParser,
+    boundary_of,
+    disposition_filename,
+    parse_header_value,
+)
 from pipeline.decode import SUPPORTED_EXTENSIONS, MediaError, ProbeInfo, probe_media
 
 FILE_FIELD = "file"
@@ -52,9 +58,11 @@ def content_length(request: Request) -> int | None:
 
 
 def refuse_too_large(request: Request, limit: int) -> ApiError:
-    """Answer 413 and close: Sanic would otherwise read up to 100 MB of the rest to keep the connection."""
+    """Answer 413 and close: Sanic would otherwise read up to 100 MB of the rest to keep the connection,
+    and would invite an `Expect: 100-continue` client to send the body it is refused."""
     if request.stream is not None:
         request.stream.request_max_size = 0
+        request.stream.expecting_continue = False
     return ApiError(413, "file_too_large", limit=limit)
 
 
@@ -106,11 +114,11 @@ async def _parse(
                         upload.size += len(event)
                         if upload.size > limit:
                             raise refuse_too_large(request, limit)
-                        sink.write(event)
+                        _write(sink, event)
                     elif current is not None:
                         value += event
                         if len(value) > MAX_FIELD_BYTES:
-                            raise ApiError(400, "bad_parameter", name=current, reason=Both(f"длиннее {MAX_FIELD_BYTES} байт", f"longer than {MAX_FIELD_BYTES} bytes"))
+                            raise ApiError(400, "bad_parameter", name=current, reason=_TOO_LONG)
                 elif event is None:
                     if current is not None and current != FILE_FIELD:
                         fields[current].append(value.decode("utf-8", "replace").strip())
@@ -124,6 +132,17 @@ async def _parse(
     if upload.filename is None:
         raise ApiError(400, "file_missing", field=FILE_FIELD)
     upload.fields = dict(fields)
+
+
+_TOO_LONG = Both(f"длиннее {MAX_FIELD_BYTES} байт", f"longer than {MAX_FIELD_BYTES} bytes")
+
+
+def _write(sink: BinaryIO, data: bytes) -> None:
+    try:
+        sink.write(data)
+    except OSError as exc:  # a full or failing disk is the server's trouble, not the client's
+        reason = Both(f"загрузку некуда записать ({exc.strerror})", f"no room to store the upload ({exc.strerror})")
+        raise ApiError(503, "service_unavailable", reason=reason) from None
 
 
 def _start_part(headers: dict[str, str], upload: Upload, text_fields: frozenset[str]) -> str | None:

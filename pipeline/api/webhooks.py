@@ -33,11 +33,11 @@ from nats.js import api
 from nats.js.kv import KeyValue
 from sanic import Request
 
-from pipeline.api.tasks import iso, settled_task
 from pipeline.api.errors import ApiError
+from pipeline.api.tasks import iso, settled_task
 from pipeline.bus import Bus
-from pipeline.logs import task_logger
 from pipeline.kvstore import read
+from pipeline.logs import task_logger
 from pipeline.settings import Settings
 from schemas.messages import ALL_FORMATS, TERMINAL_STATUSES, TaskEvent, TaskRecord, decode
 from schemas.subjects import EVENTS_STREAM, event_subject
@@ -165,13 +165,16 @@ class Webhooks:
         await self.bus.js.add_consumer(EVENTS_STREAM, config)
 
     async def _deliver(self, client: httpx.AsyncClient, msg: Msg) -> None:
+        attempt = msg.metadata.num_delivered or 1
         try:
             event = decode(TaskEvent, msg.data)
-            target, _revision = await read(self.kv, event.task_id)
+            try:
+                target, _revision = await read(self.kv, event.task_id)
+            except nats.js.errors.InvalidKeyError:  # an id no upload could have registered
+                target = None
             if target is None:
                 await msg.ack()
                 return
-            attempt = msg.metadata.num_delivered or 1
             tlog = task_logger(log, event.task_id, "webhook")
             outcome = await self._attempt(client, event, target, attempt)
             if outcome is None or attempt >= self.settings.webhook_max_attempts:
@@ -181,14 +184,20 @@ class Webhooks:
                 await msg.ack()
                 return
             delay = min(MAX_BACKOFF, self.settings.webhook_backoff * 2 ** (attempt - 1))
-            tlog.info("webhook attempt %d to %s failed (%s); retrying in %.0f s", attempt, target["url"], outcome, delay)
+            tlog.info(
+                "webhook attempt %d to %s failed (%s); retrying in %.0f s", attempt, target["url"], outcome, delay
+            )
             await msg.nak(delay=delay)
         except asyncio.CancelledError:
             await _quietly(msg.nak())
             raise
         except Exception:
-            log.exception("webhook delivery crashed; the event will be redelivered")
-            await _quietly(msg.nak(delay=self.settings.webhook_backoff))
+            # Redelivered like a failed POST; the attempt count bounds it, so a poison event cannot loop.
+            log.exception("webhook delivery crashed (attempt %d)", attempt)
+            if attempt >= self.settings.webhook_max_attempts:
+                await _quietly(msg.ack())
+            else:
+                await _quietly(msg.nak(delay=self.settings.webhook_backoff))
 
     async def _attempt(self, client: httpx.AsyncClient, event: TaskEvent, target: dict, attempt: int) -> str | None:
         """None when delivered (or pointless to retry); otherwise why this attempt failed."""
