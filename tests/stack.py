@@ -41,6 +41,14 @@ def write_wav(path: Path, samples: np.ndarray) -> Path:
     return path
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class Stack:
     def __init__(self, root: Path, services: str | None = None, nats_url: str = "", **env: str) -> None:
         self.root = root
@@ -55,6 +63,7 @@ class Stack:
             "GIGAAM_ACK_WAIT": "4",
             "GIGAAM_CPU_THREADS": "1",
             "GIGAAM_LOG_LEVEL": "INFO",
+            "GIGAAM_API_PORT": str(free_port()),  # stacks of parallel runs must not share a port
             **env,
         }
         self.env.pop("GIGAAM_NATS_URL", None)

@@ -4,25 +4,19 @@ stream and bucket replicated three times, surviving the loss of one node."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
+import nats.errors
 import pytest
 
 from pipeline.bus import connect
 from pipeline.natsserver import EmbeddedNats
 from pipeline.submit import submit_file, wait_for_task
-from schemas.subjects import EVENTS_STREAM, JOBS_STREAM, OBJECT_BUCKET
-from tests.stack import Stack, speech, write_wav
+from schemas.subjects import EVENTS_STREAM, JOBS_STREAM, OBJECT_BUCKET, RATE_BUCKET
+from tests.stack import Stack, free_port, speech, write_wav
 from tests.test_engine_conformance import GOLDEN
 
 pytestmark = [pytest.mark.skipif(not GOLDEN.is_dir(), reason="gigaam-kit goldens not present"), pytest.mark.timeout(240)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def test_stack_on_a_three_node_cluster_with_replicated_streams(tmp_path: Path) -> None:
@@ -49,14 +43,20 @@ async def test_stack_on_a_three_node_cluster_with_replicated_streams(tmp_path: P
         stack.start()
         bus = await stack.ready(timeout=120)
         try:
-            for stream in (JOBS_STREAM, EVENTS_STREAM, f"OBJ_{OBJECT_BUCKET}"):
+            for stream in (JOBS_STREAM, EVENTS_STREAM, f"OBJ_{OBJECT_BUCKET}", "KV_gigaam_keys", f"KV_{RATE_BUCKET}"):
                 info = await bus.js.stream_info(stream)
                 assert info.config.num_replicas == 3, stream
             wav = write_wav(tmp_path / "a.wav", speech("02_speech_5s"))
             first = await wait_for_task(bus, await submit_file(bus, wav), timeout=120)
             assert first.type == "completed"
             nodes[2].stop()  # lose one node: two of three replicas keep the quorum
-            second = await wait_for_task(bus, await submit_file(bus, wav), timeout=120)
+            for attempt in range(10):  # a client on the lost node reconnects first; submit is idempotent
+                try:
+                    task_id = await submit_file(bus, wav, task_id="after-failover")
+                    break
+                except (asyncio.TimeoutError, nats.errors.Error):
+                    await asyncio.sleep(1.0)
+            second = await wait_for_task(bus, task_id, timeout=120)
             assert second.type == "completed" and second.text == first.text
         finally:
             await bus.close()

@@ -341,7 +341,7 @@ def nginx_text(name: str) -> str:
 
 def test_nginx_proxy_rules_suit_uploads_and_progress_streams() -> None:
     proxy = nginx_text("gigaam-proxy.conf")
-    for directive in ("client_max_body_size 2g;", "proxy_request_buffering off;", "proxy_read_timeout 3600s;"):
+    for directive in ("client_max_body_size 2100m;", "proxy_request_buffering off;", "proxy_read_timeout 3700s;"):
         assert directive in proxy
     sse = re.search(r"location ~ \^/api/v1/tasks/\[\^/\]\+/events\$ \{(.*?)\}", proxy, re.S)
     assert sse and "proxy_buffering off;" in sse.group(1) and "proxy_pass http://gigaam_api;" in sse.group(1)

@@ -45,7 +45,7 @@ class RateLimiter:
         now = time.time()
 
         def count(current: dict | None) -> dict | None:
-            stale = current is None or not current["start"] - self.window <= now < current["start"] + self.window
+            stale = current is None or not (current["start"] - self.window <= now < current["start"] + self.window)
             if stale:  # expired, or written by a host whose clock runs more than a window ahead
                 return {"start": now, "count": 1}
             if current["count"] >= limit:

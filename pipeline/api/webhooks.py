@@ -185,7 +185,7 @@ class Webhooks:
                 return
             delay = min(MAX_BACKOFF, self.settings.webhook_backoff * 2 ** (attempt - 1))
             tlog.info(
-                "webhook attempt %d to %s failed (%s); retrying in %.0f s", attempt, target["url"], outcome, delay
+                "webhook attempt %d to %s failed (%s); retrying in %.1f s", attempt, target["url"], outcome, delay
             )
             await msg.nak(delay=delay)
         except asyncio.CancelledError:
