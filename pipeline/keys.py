@@ -20,8 +20,8 @@ from nats.js.kv import KeyValue
 
 from pipeline.bus import Bus
 from pipeline.kvstore import cas, open_bucket
+from schemas.subjects import KEYS_BUCKET
 
-KEYS_BUCKET = "gigaam_keys"
 RECORD_PREFIX = "key."
 SECRET_PREFIX = "gam_"
 SECRET_LENGTH = 32

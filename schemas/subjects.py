@@ -5,6 +5,10 @@ EVENTS_STREAM = "GIGAAM_EVENTS"  # limits retention: task history, replayable by
 DLQ_STREAM = "GIGAAM_DLQ"  # jobs that exhausted their deliveries or failed permanently
 OBJECT_BUCKET = "gigaam"  # uploads, decoded audio, transcripts and rendered results
 RATE_BUCKET = "gigaam_rate"  # KV for per-key rate limits (API)
+KEYS_BUCKET = "gigaam_keys"  # KV: API keys, stored as hashes
+IDEMPOTENCY_BUCKET = "gigaam_idempotency"  # KV: Idempotency-Key -> task id (API)
+WEBHOOKS_BUCKET = "gigaam_webhooks"  # KV: callback registrations per task (API)
+WEBHOOKS_CONSUMER = "gigaam-webhooks"  # durable consumer on the events stream shared by API workers
 
 JOB_PREFIX = "gigaam.job"
 STAGES = ("decode", "infer", "format")

@@ -18,15 +18,15 @@ from pipeline.api import openapi as docs
 from pipeline.api.auth import KeyCache, authenticate
 from pipeline.api.context import Api
 from pipeline.api.estimate import Estimator
-from pipeline.api.idempotency import IDEMPOTENCY_BUCKET, Idempotency
+from pipeline.api.idempotency import Idempotency
 from pipeline.api.idempotency import TTL as IDEMPOTENCY_TTL
 from pipeline.api.ratelimit import RateLimiter, add_headers, enforce
-from pipeline.api.webhooks import WEBHOOKS_BUCKET, Webhooks
+from pipeline.api.webhooks import Webhooks
 from pipeline.bus import Bus
 from pipeline.keys import keys_bucket
 from pipeline.kvstore import open_bucket
 from pipeline.settings import Settings, SettingsError
-from schemas.subjects import RATE_BUCKET
+from schemas.subjects import IDEMPOTENCY_BUCKET, RATE_BUCKET, WEBHOOKS_BUCKET
 
 PROTECTED = Blueprint.group(routes_v1.bp, events.bp, openai.bp)
 PROTECTED.middleware(authenticate, "request")

@@ -19,8 +19,8 @@ from nats.js.kv import KeyValue
 
 from pipeline.kvstore import cas, read
 from pipeline.submit import new_task_id
+from schemas.subjects import IDEMPOTENCY_BUCKET
 
-IDEMPOTENCY_BUCKET = "gigaam_idempotency"
 TTL = 86400.0
 MAX_KEY_LENGTH = 255
 

@@ -40,12 +40,10 @@ from pipeline.kvstore import read
 from pipeline.logs import task_logger
 from pipeline.settings import Settings
 from schemas.messages import ALL_FORMATS, TERMINAL_STATUSES, TaskEvent, TaskRecord, decode
-from schemas.subjects import EVENTS_STREAM, event_subject
+from schemas.subjects import EVENTS_STREAM, WEBHOOKS_BUCKET, WEBHOOKS_CONSUMER, event_subject
 
 log = logging.getLogger(__name__)
 
-WEBHOOKS_BUCKET = "gigaam_webhooks"
-DURABLE = "gigaam-webhooks"
 CONCURRENCY = 16  # deliveries in flight per worker
 MAX_URL = 2048
 MAX_BACKOFF = 3600.0
@@ -119,7 +117,7 @@ class Webhooks:
     async def run(self, stop: asyncio.Event) -> None:
         """Delivers until `stop`; jobs in flight at the end are nak'd and go to another worker."""
         await self._ensure_consumer()
-        sub = await self.bus.js.pull_subscribe_bind(DURABLE, stream=EVENTS_STREAM)
+        sub = await self.bus.js.pull_subscribe_bind(WEBHOOKS_CONSUMER, stream=EVENTS_STREAM)
         running: set[asyncio.Task[None]] = set()
         async with httpx.AsyncClient(
             timeout=self.settings.webhook_timeout, follow_redirects=False, trust_env=False
@@ -155,7 +153,7 @@ class Webhooks:
 
     async def _ensure_consumer(self) -> None:
         config = api.ConsumerConfig(
-            durable_name=DURABLE,
+            durable_name=WEBHOOKS_CONSUMER,
             filter_subjects=[event_subject(kind, "*") for kind in TERMINAL_STATUSES],
             deliver_policy=api.DeliverPolicy.NEW,
             ack_policy=api.AckPolicy.EXPLICIT,
