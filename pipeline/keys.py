@@ -23,6 +23,7 @@ from pipeline.kvstore import cas, open_bucket
 from schemas.subjects import KEYS_BUCKET
 
 RECORD_PREFIX = "key."
+HASH_PREFIX = "hash."  # hash.<sha256> -> key id: lets a worker find a key its watch has not seen yet
 SECRET_PREFIX = "gam_"
 SECRET_LENGTH = 32
 _ALPHABET = string.ascii_letters + string.digits
@@ -82,7 +83,18 @@ async def create_key(bus: Bus, name: str) -> tuple[str, ApiKey]:
     secret = new_secret()
     record = ApiKey(id=f"key_{secrets.token_hex(4)}", name=name, hash=hash_secret(secret), created=time.time())
     await kv.create(RECORD_PREFIX + record.id, orjson.dumps(asdict(record)))
+    await kv.put(HASH_PREFIX + record.hash, record.id.encode())
     return secret, record
+
+
+async def find_by_hash(kv: KeyValue, digest: str) -> ApiKey | None:
+    """Direct read for a key created a moment ago, before every worker's watch delivered it."""
+    try:
+        key_id = (await kv.get(HASH_PREFIX + digest)).value
+        record = parse_record((await kv.get(RECORD_PREFIX + (key_id or b"").decode())).value)
+    except (nats.js.errors.KeyNotFoundError, nats.js.errors.InvalidKeyError):
+        return None
+    return record if record is not None and record.hash == digest else None
 
 
 async def list_keys(bus: Bus) -> list[ApiKey]:

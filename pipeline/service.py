@@ -1,5 +1,6 @@
 """What every service process shares: settings, logging, the bus connection, the stream layout,
-signal handling and a ping responder the health check uses. A service is `async def body(ctx)`.
+signal handling, a ping responder the health check uses and a metrics responder the API's `/metrics`
+gathers. A service is `async def body(ctx)`.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from typing import Awaitable, Callable
 import orjson
 from nats.js.object_store import ObjectStore
 
-from pipeline.bus import Bus, connect, ensure_layout, publish_event
+from pipeline.bus import Bus, Delivery, Handler, OnDead, PermanentError, connect, ensure_layout, publish_event
 from pipeline.logs import setup_logging
+from pipeline.metrics import Registry
 from pipeline.settings import Settings, load_settings
 from schemas.messages import TaskEvent
-from schemas.subjects import WORKER_PING_PREFIX
+from schemas.subjects import METRICS_PREFIX, WORKER_PING_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ class ServiceContext:
     store: ObjectStore
     stop: asyncio.Event
     info: dict = field(default_factory=dict)  # extra facts for pings (model, device...)
+    metrics: Registry = field(default_factory=Registry)  # answered on gigaam.metrics.<name>
 
     @property
     def js(self):  # noqa: ANN201 - JetStreamContext
@@ -49,6 +52,35 @@ class ServiceContext:
     async def event(self, task_id: str, type_: str, **fields) -> None:  # noqa: ANN003
         await publish_event(self.js, TaskEvent(task_id=task_id, type=type_, ts=time.time(), **fields))
 
+    def instrument(self, stage: str, handler: Handler, on_dead: OnDead) -> tuple[Handler, OnDead]:
+        """Wraps a stage's job handler and dead-job hook so every job is timed and its outcome counted,
+        without the stage code knowing: `ok`, `retry` (will be delivered again), `permanent`; `dead`
+        counts the jobs that ended as failed tasks."""
+        durations = self.metrics.histogram(
+            "gigaam_stage_duration_seconds", "Time one job spent in a stage handler", ("stage", "outcome")
+        )
+        jobs = self.metrics.counter("gigaam_jobs_total", "Jobs handled, by outcome", ("stage", "outcome"))
+        dead = self.metrics.counter("gigaam_jobs_failed_total", "Jobs that failed their task", ("stage",))
+
+        async def timed(data: bytes, delivery: Delivery) -> None:
+            started = time.perf_counter()
+            outcome = "retry"
+            try:
+                await handler(data, delivery)
+                outcome = "ok"
+            except PermanentError:
+                outcome = "permanent"
+                raise
+            finally:
+                durations.observe(time.perf_counter() - started, stage=stage, outcome=outcome)
+                jobs.inc(stage=stage, outcome=outcome)
+
+        async def counted(data: bytes, reason: str) -> None:
+            dead.inc(stage=stage)
+            await on_dead(data, reason)
+
+        return timed, counted
+
 
 async def _answer_pings(ctx: ServiceContext) -> None:
     started = time.time()
@@ -58,6 +90,32 @@ async def _answer_pings(ctx: ServiceContext) -> None:
         await msg.respond(orjson.dumps({**body, **ctx.info}))
 
     await ctx.bus.nc.subscribe(f"{WORKER_PING_PREFIX}.{ctx.name}", cb=reply)
+
+
+async def _answer_metrics(ctx: ServiceContext) -> None:
+    """Every process answers (no queue group): the API gathers all replies into one scrape."""
+    started = time.time()
+    uptime = ctx.metrics.gauge("gigaam_process_uptime_seconds", "Seconds since the service started")
+    rss = ctx.metrics.gauge("gigaam_process_resident_memory_bytes", "Resident memory of the process")
+
+    def collect() -> None:
+        uptime.set(time.time() - started)
+        rss.set(_rss_bytes())
+
+    ctx.metrics.on_collect(collect)
+
+    async def reply(msg) -> None:  # noqa: ANN001 - nats Msg
+        await msg.respond(ctx.metrics.render().encode())
+
+    await ctx.bus.nc.subscribe(f"{METRICS_PREFIX}.{ctx.name}", cb=reply)
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):  # not Linux
+        return 0
 
 
 async def run_service(
@@ -76,8 +134,10 @@ async def run_service(
         store = await ensure_layout(
             bus.js, settings.retention, settings.nats_replicas, ack_wait=settings.ack_wait, max_deliver=settings.max_deliver
         )
-        ctx = ServiceContext(name, settings, bus, store, stop)
+        metrics = Registry(service=name, host=socket.gethostname(), pid=str(os.getpid()))
+        ctx = ServiceContext(name, settings, bus, store, stop, metrics=metrics)
         await _answer_pings(ctx)
+        await _answer_metrics(ctx)
         log.info("%s service ready", name)
         await body(ctx)
     finally:

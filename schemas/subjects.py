@@ -35,6 +35,8 @@ def dlq_subject(stage: str) -> str:
 
 REGISTRY_PREFIX = "gigaam.registry"  # request-reply: .get .list .delete .ping
 WORKER_PING_PREFIX = "gigaam.ping"  # request-reply: gigaam.ping.<stage>, answered by every live worker
+METRICS_PREFIX = "gigaam.metrics"  # request, many replies: gigaam.metrics.<service>, Prometheus text
+SERVICES = ("api", "ingest", "registry", "decode", "infer", "format")
 
 
 def registry_subject(op: str) -> str:

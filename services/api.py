@@ -34,7 +34,7 @@ def announce_first_key(secret: str) -> None:
 
 async def serve(ctx: ServiceContext) -> None:
     settings = ctx.settings
-    api = await open_api(settings, ctx.bus, ctx.store, prepare_upload_dir(ctx.work_dir))
+    api = await open_api(settings, ctx.bus, ctx.store, prepare_upload_dir(ctx.work_dir), ctx.metrics)
     first = await bootstrap_key(ctx.bus)
     if first is not None:
         secret, record = first

@@ -60,6 +60,7 @@ async def serve(ctx: ServiceContext) -> None:
         job = decode(DecodeJob, data)
         await ctx.event(job.task_id, "failed", stage="decoding", error=reason)
 
+    handle, on_dead = ctx.instrument("decode", handle, on_dead)
     await run_consumer(
         ctx.js, "decode", handle, concurrency=settings.decode_concurrency, stop_event=ctx.stop, on_dead=on_dead
     )

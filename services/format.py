@@ -56,6 +56,7 @@ async def serve(ctx: ServiceContext) -> None:
         job = decode(FormatJob, data)
         await ctx.event(job.task_id, "failed", stage="formatting", error=reason)
 
+    handle, on_dead = ctx.instrument("format", handle, on_dead)
     await run_consumer(
         ctx.js, "format", handle, concurrency=settings.format_concurrency, stop_event=ctx.stop, on_dead=on_dead
     )

@@ -53,6 +53,28 @@ async def open_engine(ctx: ServiceContext) -> Engine | None:
     return None
 
 
+def watch_batcher(ctx: ServiceContext, batcher: SegmentBatcher) -> None:
+    """Mirrors the batcher's cumulative stats into metrics at each scrape: engine speed and batch fill."""
+    m = ctx.metrics
+    batches = m.counter("gigaam_infer_batches_total", "Engine batches run")
+    segments = m.counter("gigaam_infer_segments_total", "Speech segments transcribed")
+    audio = m.counter("gigaam_infer_audio_seconds_total", "Seconds of audio transcribed")
+    busy = m.counter("gigaam_infer_busy_seconds_total", "Seconds the engine spent on batches")
+    rtf = m.gauge("gigaam_infer_real_time_factor", "Engine seconds per second of audio, since start (lower is faster)")
+    mean_batch = m.gauge("gigaam_infer_batch_size_mean", "Segments per engine batch, since start")
+
+    def collect() -> None:
+        stats = batcher.stats
+        batches.set_total(stats.batches)
+        segments.set_total(stats.segments)
+        audio.set_total(stats.audio_seconds)
+        busy.set_total(stats.busy_seconds)
+        rtf.set(stats.busy_seconds / stats.audio_seconds if stats.audio_seconds else 0.0)
+        mean_batch.set(stats.segments / stats.batches if stats.batches else 0.0)
+
+    m.on_collect(collect)
+
+
 async def serve(ctx: ServiceContext) -> None:
     settings = ctx.settings
     ctx.info["ready"] = False  # pings answer, but say the model is not loaded yet
@@ -94,6 +116,8 @@ async def serve(ctx: ServiceContext) -> None:
         job = decode(InferJob, data)
         await ctx.event(job.task_id, "failed", stage="transcribing", error=reason)
 
+    handle, on_dead = ctx.instrument("infer", handle, on_dead)
+    watch_batcher(ctx, batcher)
     try:
         await run_consumer(
             ctx.js, "infer", handle, concurrency=settings.infer_concurrency, stop_event=ctx.stop, on_dead=on_dead

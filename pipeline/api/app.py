@@ -13,7 +13,7 @@ import orjson
 from nats.js.object_store import ObjectStore
 from sanic import Blueprint, Sanic
 
-from pipeline.api import errors, events, meta, openai, routes_v1
+from pipeline.api import errors, events, meta, observe, openai, routes_v1
 from pipeline.api import openapi as docs
 from pipeline.api.auth import KeyCache, authenticate
 from pipeline.api.context import Api
@@ -25,6 +25,7 @@ from pipeline.api.webhooks import Webhooks
 from pipeline.bus import Bus
 from pipeline.keys import keys_bucket
 from pipeline.kvstore import open_bucket
+from pipeline.metrics import Registry
 from pipeline.settings import Settings, SettingsError
 from schemas.subjects import IDEMPOTENCY_BUCKET, RATE_BUCKET, WEBHOOKS_BUCKET
 
@@ -45,7 +46,9 @@ def check_settings(settings: Settings) -> None:
         raise SettingsError("GIGAAM_API_SYNC_TIMEOUT must be positive (seconds)")
 
 
-async def open_api(settings: Settings, bus: Bus, store: ObjectStore, upload_dir: Path) -> Api:
+async def open_api(
+    settings: Settings, bus: Bus, store: ObjectStore, upload_dir: Path, metrics: Registry | None = None
+) -> Api:
     check_settings(settings)
     replicas = settings.nats_replicas
     rate_kv = await open_bucket(bus.js, RATE_BUCKET, ttl=max(120.0, 2 * settings.api_rate_window), replicas=replicas)
@@ -63,6 +66,7 @@ async def open_api(settings: Settings, bus: Bus, store: ObjectStore, upload_dir:
         webhooks=Webhooks(bus, webhooks_kv, settings),
         estimator=Estimator(bus, settings.infer_concurrency),
         upload_dir=upload_dir,
+        metrics=metrics or Registry(),
     )
 
 
@@ -88,6 +92,8 @@ def create_app(api: Api, name: str = "gigaam_api") -> Sanic:
     app.ctx.api = api
     errors.install(app)
     app.blueprint(meta.bp)
+    app.blueprint(observe.bp)
+    app.register_middleware(observe.request_counter(api.metrics), "response")
     app.blueprint(PROTECTED)
     docs.document(app, meta.package_version())
     return app

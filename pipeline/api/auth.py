@@ -19,7 +19,7 @@ from sanic import Request
 
 from pipeline.api.context import api_of
 from pipeline.api.errors import ApiError
-from pipeline.keys import RECORD_PREFIX, ApiKey, hash_secret, parse_record, touch_key, well_formed
+from pipeline.keys import RECORD_PREFIX, ApiKey, find_by_hash, hash_secret, parse_record, touch_key, well_formed
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,16 @@ class KeyCache:
         record = self._by_hash.get(digest)
         if record is None or not hmac.compare_digest(record.hash, digest) or not record.active:
             return None
+        return record
+
+    async def resolve(self, secret: str) -> ApiKey | None:
+        """`lookup`, falling back to one direct read for a key this worker's watch has not seen yet."""
+        record = self.lookup(secret)
+        if record is None and well_formed(secret) and hash_secret(secret) not in self._by_hash:
+            found = await find_by_hash(self.kv, hash_secret(secret))
+            if found is not None:
+                self._by_hash.setdefault(found.hash, found)
+                record = self.lookup(secret)
         return record
 
     async def wait_loaded(self, timeout: float) -> None:
@@ -127,7 +137,7 @@ async def authenticate(request: Request) -> None:
             raise ApiError(401, "missing_api_key", headers={"WWW-Authenticate": "Bearer"})
         request.ctx.principal = Principal(ANONYMOUS, f"ip-{request.remote_addr or request.ip}", None)
         return
-    record = api.keys.lookup(secret)
+    record = await api.keys.resolve(secret)
     if record is None:
         raise ApiError(401, "invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
     api.keys.touch(record)

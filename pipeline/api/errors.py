@@ -58,6 +58,8 @@ def error_body(status: int, code: str, message: str) -> dict[str, Any]:
 
 def api_error_response(request: Request | None, exc: ApiError) -> HTTPResponse:
     message = text(exc.code, language(request), **exc.params)
+    if request is not None:
+        request.ctx.error_code = exc.code  # counted by the metrics middleware
     return json(error_body(exc.status, exc.code, message), status=exc.status, headers=exc.headers)
 
 
