@@ -288,6 +288,21 @@ async def publish_event(js: JetStreamContext, event: TaskEvent, *, timeout: floa
     )
 
 
+async def fetch_batch(sub: JetStreamContext.PullSubscription, batch: int, what: str, timeout: float = 1.0) -> list[Msg]:
+    """One pull: [] when nothing came or the fetch hiccupped (logged, after a pause); a closed
+    connection is raised so the caller's loop ends."""
+    try:
+        return await sub.fetch(batch, timeout=timeout)
+    except (nats.errors.TimeoutError, asyncio.TimeoutError):  # nats-py raises both
+        return []
+    except nats.errors.ConnectionClosedError:
+        raise
+    except (nats.errors.Error, nats.js.errors.Error) as exc:
+        log.warning("%s: fetch failed: %s", what, exc)
+        await asyncio.sleep(1.0)
+        return []
+
+
 async def request(nc: Client, subject: str, payload: bytes, timeout: float) -> bytes:
     try:
         msg = await nc.request(subject, payload, timeout=timeout)

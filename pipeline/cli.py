@@ -221,6 +221,15 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+# -- transcribe (users) ---------------------------------------------------------------------
+
+
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    from pipeline.transcribe_cli import run
+
+    return run(args.files, args.server, args.api_key, args.format, args.output_dir)
+
+
 # -- parser ---------------------------------------------------------------------------------
 
 
@@ -276,6 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
     krevoke = ksub.add_parser("revoke", help="stop a key working on every API worker")
     krevoke.add_argument("key_id", help="the key's id (from `keys list`), not the key itself")
     keys.set_defaults(func=cmd_keys)
+
+    transcribe = sub.add_parser("transcribe", help="transcribe files through a running API, with progress")
+    transcribe.add_argument("files", nargs="+", metavar="FILE")
+    transcribe.add_argument("--server", help="API base URL (default http://GIGAAM_API_HOST:GIGAAM_API_PORT)")
+    transcribe.add_argument("--api-key", help="the key (default: GIGAAM_API_KEY)")
+    transcribe.add_argument("--format", choices=ALL_FORMATS, default="txt")
+    transcribe.add_argument("-o", "--output-dir", help="write <stem>.<ext> files here (default: the current folder)")
+    transcribe.set_defaults(func=cmd_transcribe)
     return p
 
 

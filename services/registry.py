@@ -16,7 +16,7 @@ import nats.js.errors
 import orjson
 from nats.js import api
 
-from pipeline.bus import MAX_DELIVERIES_ADVISORY, delete_prefix, publish_event
+from pipeline.bus import MAX_DELIVERIES_ADVISORY, delete_prefix, fetch_batch, publish_event
 from pipeline.registry import RegistryStore
 from pipeline.service import ServiceContext, main
 from schemas.messages import RegistryReply, RegistryRequest, TaskEvent, decode, encode
@@ -38,16 +38,7 @@ async def follow_events(ctx: ServiceContext, store: RegistryStore) -> None:
     sub = await ctx.js.pull_subscribe(f"{EVENT_PREFIX}.>", stream=EVENTS_STREAM, config=config)
     log.info("following task events from stream sequence %d", start)
     while not ctx.stop.is_set():
-        try:
-            msgs = await sub.fetch(BATCH, timeout=1.0)
-        except (nats.errors.TimeoutError, asyncio.TimeoutError):
-            continue
-        except nats.errors.ConnectionClosedError:
-            raise
-        except (nats.errors.Error, nats.js.errors.Error) as exc:
-            log.warning("event fetch failed: %s", exc)
-            await asyncio.sleep(1.0)
-            continue
+        msgs = await fetch_batch(sub, BATCH, "event")
         if not msgs:
             continue
         items = []
@@ -98,16 +89,7 @@ async def fail_lost_jobs(ctx: ServiceContext) -> None:
     config = api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT, durable_name="gigaam-registry-lost")
     sub = await ctx.js.pull_subscribe(MAX_DELIVERIES_ADVISORY, durable="gigaam-registry-lost", stream=DLQ_STREAM, config=config)
     while not ctx.stop.is_set():
-        try:
-            msgs = await sub.fetch(16, timeout=1.0)
-        except (nats.errors.TimeoutError, asyncio.TimeoutError):
-            continue
-        except nats.errors.ConnectionClosedError:
-            raise
-        except (nats.errors.Error, nats.js.errors.Error) as exc:
-            log.warning("advisory fetch failed: %s", exc)
-            await asyncio.sleep(1.0)
-            continue
+        msgs = await fetch_batch(sub, 16, "advisory")
         for msg in msgs:
             advisory = orjson.loads(msg.data)
             seq, consumer = advisory.get("stream_seq"), advisory.get("consumer", "")

@@ -6,10 +6,14 @@ import asyncio
 import inspect
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from pipeline.natsserver import EmbeddedNats
+
+if TYPE_CHECKING:
+    from tests.apistack import ApiStack
 
 # --------------------------------------------------------------------------- async tests and NATS broker
 # `async def test_...` runs under asyncio.run: no pytest-asyncio needed. Fixtures stay synchronous;
@@ -30,3 +34,25 @@ def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
     """A fresh JetStream broker on a free port with its own store, stopped after the test."""
     with EmbeddedNats(tmp_path / "nats") as server:
         yield server
+
+
+# --------------------------------------------------------------------------- API stack for clients and metrics
+# One real stack (tiny model) shared by tests/test_client.py and tests/test_metrics.py. One upload per
+# key every 2 s, so the clients' 429 handling runs for real without slowing the tests much.
+
+
+@pytest.fixture(scope="session")
+def client_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator["ApiStack"]:
+    from tests.apistack import ApiStack
+    from tests.test_engine_conformance import GOLDEN
+
+    if not GOLDEN.is_dir():
+        pytest.skip("gigaam-kit goldens not present")
+    stack = ApiStack(
+        tmp_path_factory.mktemp("client-api"),
+        GIGAAM_API_RATE_UPLOADS="1",
+        GIGAAM_API_RATE_WINDOW="2",
+        GIGAAM_API_RATE_CALLS="0",
+    ).start()
+    yield stack
+    stack.stop()

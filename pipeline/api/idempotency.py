@@ -19,7 +19,6 @@ from nats.js.kv import KeyValue
 
 from pipeline.kvstore import cas, read
 from pipeline.submit import new_task_id
-from schemas.subjects import IDEMPOTENCY_BUCKET
 
 TTL = 86400.0
 MAX_KEY_LENGTH = 255

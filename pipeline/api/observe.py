@@ -16,6 +16,7 @@ import nats.errors
 import nats.js.errors
 from sanic import Blueprint, HTTPResponse, Request
 from sanic.response import raw
+from sanic_ext import openapi
 
 from pipeline.api.context import api_of
 from pipeline.bus import Bus, BusTimeout
@@ -53,6 +54,7 @@ def request_counter(registry: Registry) -> Callable[[Request, HTTPResponse], Non
 
 
 @bp.get("/metrics")
+@openapi.exclude()  # for Prometheus, not API clients: docs/metrics.md describes it
 async def metrics(request: Request) -> HTTPResponse:
     api = api_of(request)
     shared = Registry()

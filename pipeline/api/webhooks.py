@@ -35,12 +35,12 @@ from sanic import Request
 
 from pipeline.api.errors import ApiError
 from pipeline.api.tasks import iso, settled_task
-from pipeline.bus import Bus
+from pipeline.bus import Bus, fetch_batch
 from pipeline.kvstore import read
 from pipeline.logs import task_logger
 from pipeline.settings import Settings
 from schemas.messages import ALL_FORMATS, TERMINAL_STATUSES, TaskEvent, TaskRecord, decode
-from schemas.subjects import EVENTS_STREAM, WEBHOOKS_BUCKET, WEBHOOKS_CONSUMER, event_subject
+from schemas.subjects import EVENTS_STREAM, WEBHOOKS_CONSUMER, event_subject
 
 log = logging.getLogger(__name__)
 
@@ -128,16 +128,7 @@ class Webhooks:
                     if free <= 0:
                         await asyncio.wait(running, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
                         continue
-                    try:
-                        msgs = await sub.fetch(free, timeout=1.0)
-                    except (nats.errors.TimeoutError, asyncio.TimeoutError):
-                        continue
-                    except nats.errors.ConnectionClosedError:
-                        raise
-                    except (nats.errors.Error, nats.js.errors.Error) as exc:
-                        log.warning("webhook fetch failed: %s", exc)
-                        await asyncio.sleep(1.0)
-                        continue
+                    msgs = await fetch_batch(sub, free, "webhook")
                     for msg in msgs:
                         task = asyncio.create_task(self._deliver(client, msg))
                         running.add(task)
