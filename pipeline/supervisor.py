@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.bus import connect, ensure_layout
@@ -40,19 +40,22 @@ def default_services() -> list[str]:
 
 @dataclass
 class Child:
-    name: str
+    name: str  # unique: `api`, `api-2`, ... when GIGAAM_API_WORKERS > 1
+    module: str  # services.<module>
     proc: subprocess.Popen | None = None
     started: float = 0.0
     failures: int = 0
     next_start: float = 0.0
-    restarts: int = field(default=0)
 
 
 class Supervisor:
     def __init__(self, settings: Settings, services: list[str] | None = None) -> None:
         self.settings = settings
         self.services = services or default_services()
-        self.children = [Child(n) for n in self.services]
+        self.children = []
+        for name in self.services:
+            copies = max(1, settings.api_workers) if name == "api" else 1  # they share the port (SO_REUSEPORT)
+            self.children += [Child(name if i == 0 else f"{name}-{i + 1}", name) for i in range(copies)]
         self.nats: EmbeddedNats | None = None
         self.url = settings.nats_url
         self.run_dir = Path(settings.data_dir) / "run"
@@ -65,7 +68,7 @@ class Supervisor:
         return env
 
     def _spawn(self, child: Child) -> None:
-        child.proc = subprocess.Popen([sys.executable, "-m", f"services.{child.name}"], env=self._child_env())
+        child.proc = subprocess.Popen([sys.executable, "-m", f"services.{child.module}"], env=self._child_env())
         child.started = time.monotonic()
         (self.run_dir / f"{child.name}.pid").write_text(str(child.proc.pid))
         log.info("started %s (pid %d)", child.name, child.proc.pid)
@@ -99,7 +102,6 @@ class Supervisor:
                     child.proc = None
                     child.next_start = now + delay
                 if child.proc is None and now >= child.next_start:
-                    child.restarts += 1
                     self._spawn(child)
             if self.nats is not None and not self.nats.running:
                 log.error("embedded nats-server died; restarting it")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -17,13 +16,7 @@ import numpy as np
 
 from pipeline.bus import connect
 from pipeline.keys import create_key
-from tests.stack import Stack, speech, write_wav
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.stack import Stack, free_port, speech, write_wav
 
 
 class ApiStack:

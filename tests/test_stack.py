@@ -307,3 +307,31 @@ async def test_missing_model_is_reported_once_per_attempt_without_crash_looping(
     finally:
         await bus.close()
         stack.stop()
+
+
+async def test_api_workers_setting_runs_that_many_api_processes_on_one_port(tmp_path: Path) -> None:
+    import httpx
+
+    stack = Stack(tmp_path, GIGAAM_API_WORKERS="2").start()
+    bus = await stack.ready(stages=("registry", "api"))
+    try:
+        first, second = stack.pid("api"), stack.pid("api-2")
+        assert first != second
+        port = stack.env["GIGAAM_API_PORT"]
+        async with httpx.AsyncClient() as client:
+            for _ in range(100):
+                try:
+                    answers = [await client.get(f"http://127.0.0.1:{port}/") for _ in range(6)]
+                    break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.3)
+        assert all(r.status_code == 200 for r in answers)
+        stack.kill9("api-2")
+        for _ in range(100):
+            await asyncio.sleep(0.3)
+            if stack.pid("api-2") != second:
+                break
+        assert stack.pid("api-2") != second  # supervised like any other service
+    finally:
+        await bus.close()
+        stack.stop()
