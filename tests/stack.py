@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import orjson
 
 from pipeline.bus import Bus, BusTimeout, connect, get_bytes, object_store, request
 from schemas.messages import RegistryReply, RegistryRequest, TaskEvent, TaskRecord, decode, encode
@@ -95,10 +96,12 @@ class Stack:
             while True:
                 self._check_alive(deadline)
                 try:
-                    await request(bus.nc, f"{WORKER_PING_PREFIX}.{stage}", b"", timeout=1.0)
-                    break
+                    reply = await request(bus.nc, f"{WORKER_PING_PREFIX}.{stage}", b"", timeout=1.0)
+                    if orjson.loads(reply).get("ready", True) is not False:  # infer: model loaded
+                        break
                 except BusTimeout:
-                    await asyncio.sleep(0.3)
+                    pass
+                await asyncio.sleep(0.3)
         return bus
 
     def _check_alive(self, deadline: float) -> None:

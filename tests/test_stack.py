@@ -295,8 +295,19 @@ async def test_delete_removes_objects_and_a_lost_database_is_rebuilt_from_events
 
 async def test_missing_model_is_reported_once_per_attempt_without_crash_looping(tmp_path: Path) -> None:
     stack = Stack(tmp_path, GIGAAM_MODEL=str(tmp_path / "nowhere" / "v3_ctc.ckpt")).start()
-    bus = await stack.ready(stages=("registry", "decode", "format", "infer"))
+    bus = await stack.ready(stages=("registry", "decode", "format"))
     try:
+        import orjson
+
+        from pipeline.bus import BusTimeout, request
+
+        for _ in range(100):  # infer answers pings while it waits, saying it is not ready
+            try:
+                ping = orjson.loads(await request(bus.nc, "gigaam.ping.infer", b"", 1.0))
+                break
+            except BusTimeout:
+                await asyncio.sleep(0.3)
+        assert ping["ready"] is False
         first = stack.pid("infer")
         task_id = await submit_file(bus, write_wav(tmp_path / "a.wav", speech("01_speech_2s")))
         await asyncio.sleep(4)

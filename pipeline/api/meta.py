@@ -95,4 +95,5 @@ async def _worker(bus: Bus, stage: str) -> dict[str, Any]:
     except BusTimeout:
         return {"ok": False}
     facts = orjson.loads(raw)
-    return {"ok": True, **{k: facts[k] for k in PUBLIC_PING_FIELDS if k in facts}}
+    ready = facts.get("ready", True) is not False  # an infer worker still loading its model is not
+    return {"ok": ready, **{k: facts[k] for k in PUBLIC_PING_FIELDS if k in facts}}
