@@ -8,6 +8,7 @@ folder (encoding is not timed). Output is plain text lines.
 
 from __future__ import annotations
 
+from pathlib import Path
 import argparse
 import glob
 import os
@@ -21,7 +22,7 @@ import torch
 from pipeline.decode import SAMPLE_RATE, decode_media
 from pipeline.vad import load_vad_model, segment_speech, speech_probabilities, speech_regions
 
-GOLDEN = "/work/shared/gigaam-kit/golden/audio"
+GOLDEN = str(Path(__file__).resolve().parents[1].parent / "shared" / "gigaam-kit" / "golden" / "audio")
 
 
 def build_audio(seconds: float, seed: int = 0) -> np.ndarray:

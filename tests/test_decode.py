@@ -24,7 +24,7 @@ from pipeline.decode import (
     write_pcm,
 )
 
-GOLDEN_AUDIO = "/work/shared/gigaam-kit/golden/audio"
+GOLDEN_AUDIO = str(Path(__file__).resolve().parents[1].parent / "shared" / "gigaam-kit" / "golden" / "audio")
 TONE_HZ = 440.0
 TONE_S = 2.0
 

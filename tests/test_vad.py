@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 import os
 import threading
 from typing import Iterator
@@ -21,7 +22,7 @@ from pipeline.vad import (
 )
 from schemas.messages import Span
 
-GOLDEN_AUDIO = "/work/shared/gigaam-kit/golden/audio"
+GOLDEN_AUDIO = str(Path(__file__).resolve().parents[1].parent / "shared" / "gigaam-kit" / "golden" / "audio")
 SR = 16000
 SPEECH_FILES = ["01_speech_2s.wav", "02_speech_5s.wav", "03_speech_9s.wav", "04_speech_23s.wav"]
 
