@@ -346,3 +346,27 @@ async def test_api_workers_setting_runs_that_many_api_processes_on_one_port(tmp_
     finally:
         await bus.close()
         stack.stop()
+
+
+async def test_a_worker_dying_on_the_last_delivery_still_fails_the_task(tmp_path: Path) -> None:
+    """No worker can report it: the server's max-deliveries advisory reaches the registry instead."""
+    stack = Stack(tmp_path, GIGAAM_MAX_DELIVER="1", GIGAAM_ACK_WAIT="2").start()
+    bus = await stack.ready()
+    try:
+        wav = write_wav(tmp_path / "long.wav", speech("04_speech_23s", "03_speech_9s", "04_speech_23s"))
+        task_id = await submit_file(bus, wav)
+        killed = None
+
+        def on_event(event) -> None:  # noqa: ANN001
+            nonlocal killed
+            if killed is None and event.stage == "transcribing":
+                killed = stack.kill9("infer")
+
+        event = await wait_for_task(bus, task_id, timeout=120, on_event=on_event)
+        assert killed is not None
+        assert event.type == "failed" and "infer worker stopped" in event.error
+        record = await wait_record(bus, task_id)
+        assert record.status == "failed" and "crash or out of memory" in record.error
+    finally:
+        await bus.close()
+        stack.stop()
