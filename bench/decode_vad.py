@@ -8,12 +8,12 @@ folder (encoding is not timed). Output is plain text lines.
 
 from __future__ import annotations
 
-from pathlib import Path
 import argparse
 import glob
 import os
 import tempfile
 import time
+from pathlib import Path
 
 import av
 import numpy as np

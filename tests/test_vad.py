@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 import os
 import threading
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
