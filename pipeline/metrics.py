@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -40,7 +41,7 @@ def _number(value: float) -> str:
     return repr(int(value)) if float(value).is_integer() and abs(value) < 2**53 else repr(float(value))
 
 
-class _Metric:
+class _Metric(ABC):
     kind = ""
 
     def __init__(self, name: str, help_: str, labelnames: Sequence[str]) -> None:
@@ -54,8 +55,9 @@ class _Metric:
             raise ValueError(f"{self.name} takes labels {self.labelnames}, got {tuple(labels)}")
         return tuple((name, str(labels[name])) for name in self.labelnames)
 
+    @abstractmethod
     def samples(self, const: LabelKey) -> Iterator[str]:
-        raise NotImplementedError
+        """Exposition lines of this metric, with the process's constant labels."""
 
     def render(self, const: LabelKey) -> str:
         head = f"# HELP {self.name} {self.help.replace(chr(92), chr(92) * 2).replace(chr(10), ' ')}\n"

@@ -41,7 +41,7 @@ def _type_schema(tp: Any, defs: dict[str, Any]) -> dict[str, Any]:
         return {"type": "object", "additionalProperties": _type_schema(typing.get_args(tp)[1], defs)}
     if dataclasses.is_dataclass(tp):
         if tp.__name__ not in defs:
-            defs[tp.__name__] = {}  # placeholder against recursion
+            defs[tp.__name__] = {}  # stand-in while recursing into the fields
             defs[tp.__name__] = _object_schema(tp, defs)
         return {"$ref": f"#/$defs/{tp.__name__}"}
     simple = {str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null"}
