@@ -18,7 +18,7 @@ from typing import Awaitable, Callable
 import orjson
 from nats.js.object_store import ObjectStore
 
-from pipeline.bus import Bus, Delivery, Handler, OnDead, PermanentError, connect, ensure_layout, publish_event
+from pipeline.bus import Bus, Delivery, Handler, PermanentError, connect, ensure_layout, publish_event, run_consumer
 from pipeline.logs import setup_logging
 from pipeline.metrics import Registry
 from pipeline.settings import Settings, load_settings
@@ -52,10 +52,10 @@ class ServiceContext:
     async def event(self, task_id: str, type_: str, **fields) -> None:  # noqa: ANN003
         await publish_event(self.js, TaskEvent(task_id=task_id, type=type_, ts=time.time(), **fields))
 
-    def instrument(self, stage: str, handler: Handler, on_dead: OnDead) -> tuple[Handler, OnDead]:
-        """Wraps a stage's job handler and dead-job hook so every job is timed and its outcome counted,
-        without the stage code knowing: `ok`, `retry` (will be delivered again), `permanent`; `dead`
-        counts the jobs that ended as failed tasks."""
+    async def consume(self, stage: str, handler: Handler, *, concurrency: int, failed_stage: str) -> None:
+        """Runs the stage's job consumer. Every job is timed and its outcome counted (`ok`, `retry`,
+        `permanent`), and a job that dies (permanent error or last delivery) fails its task with the
+        reason, so no stage has to repeat that wiring."""
         durations = self.metrics.histogram(
             "gigaam_stage_duration_seconds", "Time one job spent in a stage handler", ("stage", "outcome")
         )
@@ -75,11 +75,12 @@ class ServiceContext:
                 durations.observe(time.perf_counter() - started, stage=stage, outcome=outcome)
                 jobs.inc(stage=stage, outcome=outcome)
 
-        async def counted(data: bytes, reason: str) -> None:
+        async def on_dead(data: bytes, reason: str) -> None:
             dead.inc(stage=stage)
-            await on_dead(data, reason)
+            task_id = orjson.loads(data)["task_id"]  # every job message carries it
+            await self.event(task_id, "failed", stage=failed_stage, error=reason)
 
-        return timed, counted
+        await run_consumer(self.js, stage, timed, concurrency=concurrency, stop_event=self.stop, on_dead=on_dead)
 
 
 async def _answer_pings(ctx: ServiceContext) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.bus import Delivery, ObjectMissing, PermanentError, get_to_file, publish_job, put_file, run_consumer
+from pipeline.bus import Delivery, ObjectMissing, PermanentError, get_to_file, publish_job, put_file
 from pipeline.decode import MediaError
 from pipeline.logs import task_logger
 from pipeline.service import ServiceContext, main
@@ -56,14 +56,7 @@ async def serve(ctx: ServiceContext) -> None:
         )
         await publish_job(ctx.js, "infer", infer, job.task_id)
 
-    async def on_dead(data: bytes, reason: str) -> None:
-        job = decode(DecodeJob, data)
-        await ctx.event(job.task_id, "failed", stage="decoding", error=reason)
-
-    handle, on_dead = ctx.instrument("decode", handle, on_dead)
-    await run_consumer(
-        ctx.js, "decode", handle, concurrency=settings.decode_concurrency, stop_event=ctx.stop, on_dead=on_dead
-    )
+    await ctx.consume("decode", handle, concurrency=settings.decode_concurrency, failed_stage="decoding")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import asyncio
 import logging
 from pathlib import Path
 
-from pipeline.bus import Delivery, ObjectMissing, PermanentError, get_bytes, put_bytes, run_consumer
+from pipeline.bus import Delivery, ObjectMissing, PermanentError, get_bytes, put_bytes
 from pipeline.formats import EXTENSIONS
 from pipeline.logs import task_logger
 from pipeline.output import ensure_stignore
@@ -52,14 +52,7 @@ async def serve(ctx: ServiceContext) -> None:
             outputs=outputs, output_paths=tuple(paths), media_duration=transcript.duration,
         )
 
-    async def on_dead(data: bytes, reason: str) -> None:
-        job = decode(FormatJob, data)
-        await ctx.event(job.task_id, "failed", stage="formatting", error=reason)
-
-    handle, on_dead = ctx.instrument("format", handle, on_dead)
-    await run_consumer(
-        ctx.js, "format", handle, concurrency=settings.format_concurrency, stop_event=ctx.stop, on_dead=on_dead
-    )
+    await ctx.consume("format", handle, concurrency=settings.format_concurrency, failed_stage="formatting")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pipeline.asr.checkpoint import CheckpointError
 from pipeline.asr.engine import Engine
 from pipeline.asr.loader import load_engine
 from pipeline.asr.store import DownloadError, ModelNotFound
-from pipeline.bus import Delivery, ObjectMissing, PermanentError, get_to_file, publish_job, put_bytes, run_consumer
+from pipeline.bus import Delivery, ObjectMissing, PermanentError, get_to_file, publish_job, put_bytes
 from pipeline.batcher import SegmentBatcher
 from pipeline.logs import task_logger
 from pipeline.service import ServiceContext, main
@@ -112,16 +112,9 @@ async def serve(ctx: ServiceContext) -> None:
         tlog.info("transcribed %d segments, %d characters", len(job.segments), len(transcript.text))
         await publish_job(ctx.js, "format", FormatJob(job.task_id, name, job.filename, job.options), job.task_id)
 
-    async def on_dead(data: bytes, reason: str) -> None:
-        job = decode(InferJob, data)
-        await ctx.event(job.task_id, "failed", stage="transcribing", error=reason)
-
-    handle, on_dead = ctx.instrument("infer", handle, on_dead)
     watch_batcher(ctx, batcher)
     try:
-        await run_consumer(
-            ctx.js, "infer", handle, concurrency=settings.infer_concurrency, stop_event=ctx.stop, on_dead=on_dead
-        )
+        await ctx.consume("infer", handle, concurrency=settings.infer_concurrency, failed_stage="transcribing")
     finally:
         await batcher.close()
 
