@@ -16,6 +16,7 @@ from urllib.parse import quote, unquote
 
 import nats.errors
 import nats.js.errors
+import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
@@ -372,21 +373,52 @@ async def object_exists(store: ObjectStore, name: str) -> bool:
     return True
 
 
-async def delete_prefix(store: ObjectStore, task_id: str) -> int:
-    """Deletes every `<task_id>/...` object; listing walks the whole bucket. Returns how many went."""
+async def object_names(store: ObjectStore, *, idle: float = 1.0) -> list[str]:
+    """Names of the live objects. nats-py's `ObjectStore.list()` waits forever when the metadata it
+    counted ages out (max_age) before its watcher starts, which is exactly when the retention sweep
+    runs; a bounded pull over the metadata subjects cannot: expired records just stop arriving."""
+    config = api.ConsumerConfig(
+        deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+        ack_policy=api.AckPolicy.NONE,
+        inactive_threshold=60.0,
+    )
+    sub = await store._js.pull_subscribe(f"$O.{store._name}.M.>", stream=store._stream, config=config)
+    names: set[str] = set()
     try:
-        infos = await store.list(ignore_deletes=True)
-    except nats.js.errors.NotFoundError:  # nats-py signals an empty bucket this way
+        while True:
+            try:
+                msgs = await sub.fetch(256, timeout=idle)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                break
+            for msg in msgs:
+                info = api.ObjectInfo.from_response(orjson.loads(msg.data))
+                if info.name and not info.deleted:
+                    names.add(info.name)
+            if not msgs or msgs[-1].metadata.num_pending == 0:
+                break
+    finally:
+        await _quietly(sub.unsubscribe(), "object listing unsubscribe")
+    return sorted(names)
+
+
+async def delete_prefix(store: ObjectStore, task_id: str) -> int:
+    """Deletes every `<task_id>/...` object. Returns how many went."""
+    return await delete_tasks(store, [task_id])
+
+
+async def delete_tasks(store: ObjectStore, task_ids: Sequence[str]) -> int:
+    """Deletes the objects of many tasks with one listing of the bucket. Returns how many went."""
+    prefixes = tuple(f"{task_id}/" for task_id in task_ids if task_id)
+    if not prefixes:
         return 0
-    prefix = f"{task_id}/"
     deleted = 0
-    for info in infos:
-        if not info.name or not info.name.startswith(prefix):
+    for name in await object_names(store):
+        if not name.startswith(prefixes):
             continue
         try:
-            await store.delete(info.name)
+            await store.delete(name)
         except nats.js.errors.NotFoundError:
-            continue  # deleted concurrently
+            continue  # deleted or expired concurrently
         deleted += 1
     return deleted
 

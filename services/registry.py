@@ -16,7 +16,7 @@ import nats.js.errors
 import orjson
 from nats.js import api
 
-from pipeline.bus import MAX_DELIVERIES_ADVISORY, delete_prefix, fetch_batch, publish_event
+from pipeline.bus import MAX_DELIVERIES_ADVISORY, delete_prefix, delete_tasks, fetch_batch, publish_event
 from pipeline.registry import RegistryStore
 from pipeline.service import ServiceContext, main
 from schemas.messages import RegistryReply, RegistryRequest, TaskEvent, decode, encode
@@ -77,9 +77,13 @@ async def sweep(ctx: ServiceContext, store: RegistryStore) -> None:
         except asyncio.TimeoutError:
             pass
         expired = await asyncio.to_thread(store.expire, time.time(), ctx.settings.retention)
-        for task_id in expired:
-            await delete_prefix(ctx.store, task_id)
-        if expired:
+        if not expired:
+            continue
+        try:
+            await delete_tasks(ctx.store, expired)
+        except (nats.errors.Error, nats.js.errors.Error, asyncio.TimeoutError) as exc:  # the bucket's max_age still gets them
+            log.warning("expired %d task(s) but could not delete their objects: %s", len(expired), exc)
+        else:
             log.info("expired %d task(s)", len(expired))
 
 

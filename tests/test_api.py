@@ -371,19 +371,13 @@ def test_a_key_sees_and_deletes_only_its_own_tasks(api: ApiStack, wav: Path) -> 
 def _objects_of(api: ApiStack, task_id: str) -> list[str]:
     import asyncio
 
-    import nats.js.errors
-
-    from pipeline.bus import connect, object_store
+    from pipeline.bus import connect, object_names, object_store
 
     async def names() -> list[str]:
         bus = await connect(api.stack.url, "gigaam-test-objects", first_connect_timeout=10)
         try:
             store = await object_store(bus.js)
-            try:
-                infos = await store.list(ignore_deletes=True)
-            except nats.js.errors.NotFoundError:
-                return []
-            return [i.name for i in infos if i.name and i.name.startswith(f"{task_id}/")]
+            return [name for name in await object_names(store) if name.startswith(f"{task_id}/")]
         finally:
             await bus.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import hashlib
 import os
 import socket
@@ -229,6 +230,7 @@ async def test_objects_round_trip_and_delete_prefix(nats_server: EmbeddedNats, t
     assert hashlib.sha256(copy.read_bytes()).digest() == hashlib.sha256(source.read_bytes()).digest()
     assert await bus.get_bytes(store, object_name("a", "transcript.json")) == b"{}"
 
+    assert await bus.object_names(store) == ["a/media", "a/transcript.json", "ab/media"]
     assert await bus.delete_prefix(store, "a") == 2
     assert await bus.delete_prefix(store, "a") == 0
     with pytest.raises(bus.ObjectMissing):
@@ -239,6 +241,23 @@ async def test_objects_round_trip_and_delete_prefix(nats_server: EmbeddedNats, t
     assert await bus.get_bytes(store, object_name("ab", "media")) == b"other task"  # `ab/` is not `a/`
     bucket = await b.js.stream_info(f"OBJ_{OBJECT_BUCKET}")
     assert bucket.state.bytes < 1 << 20  # the 20 MB of chunks were purged
+    await b.close()
+
+
+async def test_listing_objects_while_they_expire_returns_instead_of_waiting(nats_server: EmbeddedNats) -> None:
+    """The retention sweep lists the bucket just as its metadata ages out; that must not hang."""
+    b = await open_bus(nats_server)
+    store = await bus.ensure_layout(b.js, retention_s=1.0)
+    for task_id in ("x1", "x2", "x3"):
+        await bus.put_bytes(store, object_name(task_id, "media"), b"m")
+        await bus.put_bytes(store, object_name(task_id, "transcript.json"), b"{}")
+    assert await bus.delete_tasks(store, ["x1", "x3"]) == 4
+    assert await bus.object_names(store) == ["x2/media", "x2/transcript.json"]
+    deadline = time.monotonic() + 10
+    while names := await asyncio.wait_for(bus.object_names(store), 5):
+        assert time.monotonic() < deadline, names
+        await asyncio.sleep(0.1)
+    assert await asyncio.wait_for(bus.delete_tasks(store, ["x2"]), 5) == 0
     await b.close()
 
 
