@@ -572,7 +572,7 @@ def receiver():
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook", _Receiver
+    yield f"http://localhost:{server.server_address[1]}/hook", _Receiver  # a name: delivery pins its address
     server.shutdown()
 
 
@@ -593,6 +593,7 @@ def test_webhook_is_signed_retried_and_links_the_result(
             expected = "sha256=" + hmac.new(hash_secret(key).encode(), body, hashlib.sha256).hexdigest()
             assert hmac.compare_digest(headers["X-Signature"], expected)
             assert headers["X-Webhook-Attempt"] == str(attempt) and headers["X-Webhook-Id"] == f"{task_id}.completed"
+            assert headers["Host"] == url.split("/")[2]
         payload = json.loads(seen.calls[-1][1])
         assert payload["event"] == "task.completed" and payload["status"] == "completed"
         assert payload["links"]["result"] == f"{api.base}/api/v1/tasks/{task_id}/result"

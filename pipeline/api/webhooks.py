@@ -9,7 +9,8 @@ once; receivers deduplicate on `X-Webhook-Id`.
 The body is signed: `X-Signature: sha256=<hex HMAC-SHA256 of the raw body>`, keyed with the hex
 SHA-256 of the API key that uploaded the file (what the server stores; the client computes it from
 its key). Targets on loopback, private, link-local or otherwise non-global addresses are refused,
-when registered and again before every attempt, unless `GIGAAM_WEBHOOK_ALLOW_PRIVATE` is set.
+when registered and again before every attempt, unless `GIGAAM_WEBHOOK_ALLOW_PRIVATE` is set; each
+attempt connects to the very addresses it checked, so DNS rebinding cannot slip past the check.
 """
 
 from __future__ import annotations
@@ -73,9 +74,9 @@ def links(base: str, task_id: str) -> dict[str, Any]:
     }
 
 
-async def check_target(url: str, allow_private: bool) -> None:
-    """Raises TargetRefused with a reason fit to show. Resolves the host: a name that points at an
-    internal address is as dangerous as the address itself."""
+async def check_target(url: str, allow_private: bool) -> list[str]:
+    """The addresses the host resolves to, all of them allowed; else TargetRefused with a reason fit
+    to show. A name that points at an internal address is as dangerous as the address itself."""
     if len(url) > MAX_URL:
         raise TargetRefused(f"longer than {MAX_URL} characters")
     try:
@@ -93,12 +94,25 @@ async def check_target(url: str, allow_private: bool) -> None:
         infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         raise TargetRefused(f"cannot resolve {parts.hostname} ({exc})") from None
+    addresses: list[str] = []
     for info in infos:
         address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
         if address.is_multicast or address.is_unspecified:
             raise TargetRefused(f"{parts.hostname} resolves to {address}, which cannot receive requests")
         if not allow_private and not address.is_global:
             raise TargetRefused(f"{parts.hostname} resolves to the non-public address {address}")
+        if str(address) not in addresses:
+            addresses.append(str(address))
+    return addresses
+
+
+def pinned(url: str, address: str) -> tuple[httpx.URL, dict[str, str], dict[str, Any]]:
+    """The request aimed at an address already checked, so a DNS answer that changes after the check
+    (rebinding) cannot redirect it: the URL carries the IP, while the Host header and the TLS server
+    name (SNI and certificate check) keep the original host."""
+    original = httpx.URL(url)
+    host = original.raw_host.decode("ascii")
+    return original.copy_with(host=address), {"Host": original.netloc.decode("ascii")}, {"sni_hostname": host}
 
 
 class Webhooks:
@@ -119,8 +133,13 @@ class Webhooks:
         await self._ensure_consumer()
         sub = await self.bus.js.pull_subscribe_bind(WEBHOOKS_CONSUMER, stream=EVENTS_STREAM)
         running: set[asyncio.Task[None]] = set()
+        # No kept-alive connections: the pool keys on the pinned IP, so a TLS connection verified for
+        # one host name could otherwise carry a request for another name on the same address.
         async with httpx.AsyncClient(
-            timeout=self.settings.webhook_timeout, follow_redirects=False, trust_env=False
+            timeout=self.settings.webhook_timeout,
+            follow_redirects=False,
+            trust_env=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
         ) as client:
             try:
                 while not stop.is_set():
@@ -200,7 +219,7 @@ class Webhooks:
         if record.status not in TERMINAL_STATUSES:
             return "the registry has not recorded the outcome yet"
         try:
-            await check_target(target["url"], self.settings.webhook_allow_private)
+            addresses = await check_target(target["url"], self.settings.webhook_allow_private)
         except TargetRefused as exc:
             tlog.warning("webhook to %s refused: %s", target["url"], exc)
             return None
@@ -212,10 +231,18 @@ class Webhooks:
             "X-Webhook-Id": f"{record.task_id}.{record.status}",
             "X-Webhook-Attempt": str(attempt),
         }
-        try:
-            response = await client.post(target["url"], content=body, headers=headers)
-        except httpx.HTTPError as exc:
-            return f"{type(exc).__name__}: {exc}"
+        response, failure = None, "the host resolved to no address"
+        for address in addresses:  # in resolver order, like a browser falling back from IPv6
+            url, host, extensions = pinned(target["url"], address)
+            try:
+                response = await client.post(url, content=body, headers={**headers, **host}, extensions=extensions)
+                break
+            except httpx.ConnectError as exc:
+                failure = f"{type(exc).__name__}: {exc}"
+            except httpx.HTTPError as exc:
+                return f"{type(exc).__name__}: {exc}"
+        if response is None:
+            return failure
         if 200 <= response.status_code < 300:
             tlog.info("webhook delivered to %s (attempt %d)", target["url"], attempt)
             return None
