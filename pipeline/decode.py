@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
@@ -29,6 +30,9 @@ Source = str | os.PathLike | BinaryIO
 
 # Caps the up-front allocation when a (possibly corrupt) header claims an absurd duration.
 _MAX_PREALLOC_SAMPLES = 4 * 3600 * SAMPLE_RATE
+# Reading the headers of real media takes milliseconds; a crafted file (a RIFF header over gigabytes
+# of empty chunks) keeps the demuxer scanning for minutes, so opening is cut off.
+OPEN_TIMEOUT = 10.0
 
 
 class MediaError(Exception):
@@ -69,9 +73,9 @@ class ProbeInfo:
     channels: int
 
 
-def probe_media(source: Source) -> ProbeInfo:
+def probe_media(source: Source, *, open_timeout: float = OPEN_TIMEOUT) -> ProbeInfo:
     """Opens only the headers, so uploads that are not audio can be refused before any decoding."""
-    with _open(source) as container:
+    with _open(source, open_timeout) as container:
         stream = _audio_stream(container)
         return ProbeInfo(
             format_name=container.format.name,
@@ -141,13 +145,17 @@ def read_pcm(path: str | os.PathLike, *, mmap: bool = False) -> np.ndarray:
     return np.fromfile(path, dtype="<i2")
 
 
-def _open(source: Source) -> av.container.InputContainer:
+def _open(source: Source, timeout: float = OPEN_TIMEOUT) -> av.container.InputContainer:
     target = os.fspath(source) if isinstance(source, (str, os.PathLike)) else source
+    started = time.monotonic()
     try:
-        return av.open(target, mode="r")
+        return av.open(target, mode="r", timeout=(timeout, None))
     except OSError:
         raise
     except av.FFmpegError as exc:
+        if time.monotonic() - started >= timeout:
+            reason = f"the media headers could not be read within {timeout:g} s (damaged or crafted file)"
+            raise MediaError(reason) from None
         raise MediaError(f"not a media file or an unsupported format ({_ffmpeg_reason(exc)})") from None
 
 

@@ -81,7 +81,8 @@ async def sweep(ctx: ServiceContext, store: RegistryStore) -> None:
             continue
         try:
             await delete_tasks(ctx.store, expired)
-        except (nats.errors.Error, nats.js.errors.Error, asyncio.TimeoutError) as exc:  # the bucket's max_age still gets them
+        except (nats.errors.Error, nats.js.errors.Error, asyncio.TimeoutError) as exc:
+            # the bucket's max_age still removes them
             log.warning("expired %d task(s) but could not delete their objects: %s", len(expired), exc)
         else:
             log.info("expired %d task(s)", len(expired))

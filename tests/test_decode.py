@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import io
 import os
+import time
 import wave
 from pathlib import Path
 
@@ -219,6 +220,19 @@ def test_zero_length_wav_is_refused(tmp_path: Path) -> None:
     assert probe_media(path).codec == "pcm_s16le"
     with pytest.raises(MediaError, match="empty"):
         decode_media(path)
+
+
+def test_a_header_over_endless_empty_chunks_is_cut_off_quickly(tmp_path: Path) -> None:
+    """A RIFF header over 2 GB of zeros keeps ffmpeg's WAV demuxer walking empty chunks for minutes."""
+    path = tmp_path / "crafted.wav"
+    size = 2 << 30
+    with open(path, "wb") as fh:
+        fh.write(b"RIFF" + (size - 8).to_bytes(4, "little") + b"WAVE")
+        fh.truncate(size)  # sparse: no disk used
+    started = time.monotonic()
+    with pytest.raises(MediaError, match="could not be read within 0.5 s"):
+        probe_media(path, open_timeout=0.5)
+    assert time.monotonic() - started < 5.0
 
 
 def test_truncated_mp3_decodes_what_is_there(media_dir: Path) -> None:
