@@ -289,6 +289,16 @@ async def publish_event(js: JetStreamContext, event: TaskEvent, *, timeout: floa
     )
 
 
+async def task_deleted(js: JetStreamContext, task_id: str) -> bool:
+    """Whether the task was deleted: its `deleted` event stays in the events stream for the retention,
+    so a stage can drop work for a task that is gone instead of writing its results back."""
+    try:
+        await js.get_last_msg(EVENTS_STREAM, event_subject("deleted", task_id))
+    except nats.js.errors.NotFoundError:
+        return False
+    return True
+
+
 async def fetch_batch(sub: JetStreamContext.PullSubscription, batch: int, what: str, timeout: float = 1.0) -> list[Msg]:
     """One pull: [] when nothing came or the fetch hiccupped (logged, after a pause); a closed
     connection is raised so the caller's loop ends."""

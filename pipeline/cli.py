@@ -171,6 +171,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
                     event = await wait_for_task(bus, task_id, timeout=args.timeout)
                     if event.type == "completed":
                         print(event.text or "")
+                    elif event.type == "deleted":
+                        print(f"{file}: the task was deleted before it finished", file=sys.stderr)
+                        code = 1
                     else:
                         print(f"{file}: failed: {event.error}", file=sys.stderr)
                         code = 1

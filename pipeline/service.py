@@ -18,8 +18,19 @@ from typing import Awaitable, Callable
 import orjson
 from nats.js.object_store import ObjectStore
 
-from pipeline.bus import Bus, Delivery, Handler, PermanentError, connect, ensure_layout, publish_event, run_consumer
-from pipeline.logs import setup_logging
+from pipeline.bus import (
+    Bus,
+    Delivery,
+    Handler,
+    PermanentError,
+    connect,
+    delete_prefix,
+    ensure_layout,
+    publish_event,
+    run_consumer,
+    task_deleted,
+)
+from pipeline.logs import setup_logging, task_logger
 from pipeline.metrics import Registry
 from pipeline.settings import Settings, load_settings
 from schemas.messages import TaskEvent
@@ -52,10 +63,20 @@ class ServiceContext:
     async def event(self, task_id: str, type_: str, **fields) -> None:  # noqa: ANN003
         await publish_event(self.js, TaskEvent(task_id=task_id, type=type_, ts=time.time(), **fields))
 
+    async def deleted(self, task_id: str, *, purge: bool = False) -> bool:
+        """Whether the task was deleted meanwhile; with `purge`, also removes objects this stage
+        wrote after the registry's delete had already run."""
+        if not await task_deleted(self.js, task_id):
+            return False
+        task_logger(log, task_id, self.name).info("the task was deleted: its job is dropped")
+        if purge:
+            await delete_prefix(self.store, task_id)
+        return True
+
     async def consume(self, stage: str, handler: Handler, *, concurrency: int, failed_stage: str) -> None:
         """Runs the stage's job consumer. Every job is timed and its outcome counted (`ok`, `retry`,
-        `permanent`), and a job that dies (permanent error or last delivery) fails its task with the
-        reason, so no stage has to repeat that wiring."""
+        `permanent`, `deleted`), and a job that dies (permanent error or last delivery) fails its task
+        with the reason, so no stage has to repeat that wiring. Jobs of deleted tasks are dropped."""
         durations = self.metrics.histogram(
             "gigaam_stage_duration_seconds", "Time one job spent in a stage handler", ("stage", "outcome")
         )
@@ -65,10 +86,17 @@ class ServiceContext:
         async def timed(data: bytes, delivery: Delivery) -> None:
             started = time.perf_counter()
             outcome = "retry"
+            task_id = _task_id(data)
             try:
+                if task_id and await self.deleted(task_id):
+                    outcome = "deleted"
+                    return
                 await handler(data, delivery)
                 outcome = "ok"
             except PermanentError:
+                if task_id and await self.deleted(task_id, purge=True):  # its objects vanished under it
+                    outcome = "deleted"
+                    return
                 outcome = "permanent"
                 raise
             finally:
@@ -81,6 +109,15 @@ class ServiceContext:
             await self.event(task_id, "failed", stage=failed_stage, error=reason)
 
         await run_consumer(self.js, stage, timed, concurrency=concurrency, stop_event=self.stop, on_dead=on_dead)
+
+
+def _task_id(data: bytes) -> str | None:
+    """Every job message carries its task id; a malformed one is left to the handler to refuse."""
+    try:
+        task_id = orjson.loads(data).get("task_id")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return task_id if isinstance(task_id, str) else None
 
 
 async def _answer_pings(ctx: ServiceContext) -> None:

@@ -51,8 +51,8 @@ async def submit_file(
 
 
 async def wait_for_task(bus: Bus, task_id: str, timeout: float | None = None, on_event=None) -> TaskEvent:  # noqa: ANN001
-    """The task's terminal event (completed or failed), including one that happened before the call:
-    the event stream is replayed for this task from its start."""
+    """The task's terminal event (completed or failed, or deleted meanwhile), including one that
+    happened before the call: the event stream is replayed for this task from its start."""
     config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL, ack_policy=api.AckPolicy.NONE)
     sub = await bus.js.subscribe(f"{EVENT_PREFIX}.*.{task_id}", stream=EVENTS_STREAM, config=config, ordered_consumer=True)
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -68,7 +68,7 @@ async def wait_for_task(bus: Bus, task_id: str, timeout: float | None = None, on
             event = decode(TaskEvent, msg.data)
             if on_event is not None:
                 on_event(event)
-            if event.type in TERMINAL_STATUSES:
+            if event.type in TERMINAL_STATUSES or event.type == "deleted":
                 return event
     finally:
         await sub.unsubscribe()

@@ -45,6 +45,8 @@ async def serve(ctx: ServiceContext) -> None:
                 raise PermanentError(f"cannot decode {job.filename}: {exc.reason}") from None
             audio = object_name(job.task_id, "audio.pcm")
             await put_file(ctx.store, audio, pcm)
+        if await ctx.deleted(job.task_id, purge=True):  # deleted while it was being decoded
+            return
         tlog.info("decoded %.1f s of audio into %d segments", outcome.duration, len(outcome.segments))
         await ctx.event(
             job.task_id, "progress", stage="decoding", progress=PROGRESS["transcribing"] - 1,

@@ -42,6 +42,8 @@ async def serve(ctx: ServiceContext) -> None:
         for fmt, body in rendered.items():
             outputs[fmt] = result_object(job.task_id, fmt)
             await put_bytes(ctx.store, outputs[fmt], body)
+        if await ctx.deleted(job.task_id, purge=True):  # deleted while it was being formatted
+            return
         paths: list[str] = []
         wanted = job.options.write_output or (settings.output_rest and job.options.source == "api")
         if settings.output_dir and wanted:

@@ -109,6 +109,8 @@ async def serve(ctx: ServiceContext) -> None:
             transcript = await transcribe_job(batcher, pcm, job, model=engine.name, on_progress=on_progress)
         name = object_name(job.task_id, "transcript.json")
         await put_bytes(ctx.store, name, encode(transcript))
+        if await ctx.deleted(job.task_id, purge=True):  # deleted while it was being transcribed
+            return
         tlog.info("transcribed %d segments, %d characters", len(job.segments), len(transcript.text))
         await publish_job(ctx.js, "format", FormatJob(job.task_id, name, job.filename, job.options), job.task_id)
 

@@ -283,6 +283,61 @@ async def test_delete_removes_objects_and_a_lost_database_is_rebuilt_from_events
         stack.stop()
 
 
+async def test_a_task_deleted_mid_transcription_leaves_no_results_behind(tmp_path: Path) -> None:
+    """Infer and format are frozen mid-task, the task is deleted, then they resume: the work they
+    finish is dropped, not written back (no objects, no output files, no completion event)."""
+    import os
+    import signal
+
+    from pipeline.bus import request
+    from schemas.messages import RegistryReply, RegistryRequest, encode
+    from schemas.subjects import registry_subject
+
+    stack = Stack(tmp_path).start()
+    bus = await stack.ready()
+    frozen: list[int] = []
+    try:
+        wav = write_wav(tmp_path / "long.wav", speech(*["04_speech_23s", "03_speech_9s"] * 6))
+        task_id = await submit_file(bus, wav, options=TaskOptions(write_output=True, formats=("txt",)))
+
+        def on_event(event) -> None:  # noqa: ANN001
+            if not frozen and event.stage == "transcribing":
+                for service in ("infer", "format"):
+                    frozen.append(stack.pid(service))
+                    os.kill(frozen[-1], signal.SIGSTOP)
+
+        waiting = asyncio.create_task(wait_for_task(bus, task_id, timeout=120, on_event=on_event))
+        for _ in range(600):
+            if frozen or waiting.done():
+                break
+            await asyncio.sleep(0.1)
+        assert frozen and not waiting.done(), "the task finished before infer could be frozen"
+        reply = decode(RegistryReply, await request(
+            bus.nc, registry_subject("delete"), encode(RegistryRequest(op="delete", task_id=task_id)), 5.0))
+        assert reply.ok
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+        frozen.clear()
+        assert (await waiting).type == "deleted"  # waiters learn of it too
+        for _ in range(120):  # until a stage has met the deletion and dropped its work
+            if "the task was deleted: its job is dropped" in stack.log.read_text(errors="replace"):
+                break
+            await asyncio.sleep(0.5)
+        else:
+            raise AssertionError("no stage dropped the deleted task's job:\n" + stack.log_tail())
+        await asyncio.sleep(1.0)
+        store = await object_store(bus.js)
+        assert [name for name in await object_names(store) if name.startswith(f"{task_id}/")] == []
+        assert "completed" not in [e.type for e in await task_events(bus, task_id)]
+        assert list(stack.output_dir.rglob("*.txt")) == []
+        assert await registry_get(bus, task_id) is None
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+        await bus.close()
+        stack.stop()
+
+
 async def test_missing_model_is_reported_once_per_attempt_without_crash_looping(tmp_path: Path) -> None:
     stack = Stack(tmp_path, GIGAAM_MODEL=str(tmp_path / "nowhere" / "v3_ctc.ckpt")).start()
     bus = await stack.ready(stages=("registry", "decode", "format"))

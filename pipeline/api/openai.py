@@ -96,6 +96,8 @@ async def transcriptions(request: Request) -> HTTPResponse:
         event = await wait_for_task(api.bus, accepted.task_id, timeout=api.settings.api_sync_timeout)
     except asyncio.TimeoutError:
         raise ApiError(504, "timeout", seconds=f"{api.settings.api_sync_timeout:g}", task_id=accepted.task_id) from None
+    if event.type == "deleted":  # by another request of the same key while this one waited
+        raise ApiError(404, "task_not_found", task_id=accepted.task_id)
     if event.type != "completed":
         # a decoding failure is the file's fault; any later one is ours
         status = 400 if event.stage == "decoding" else 500
