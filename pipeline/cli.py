@@ -154,7 +154,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from schemas.messages import TaskOptions
 
     settings = _settings(args)
-    options = TaskOptions(model=args.model_name, write_output=args.write_output, source="cli")
+    options = TaskOptions(
+        model=args.model_name, formats=settings.output_formats, write_output=args.write_output, source="cli"
+    )
 
     async def run() -> int:
         bus = await connect(settings.resolved_nats_url(), "gigaam-cli", first_connect_timeout=10.0)

@@ -50,6 +50,8 @@ def api(tmp_path_factory: pytest.TempPathFactory):
         GIGAAM_API_RATE_CALLS="0",
         GIGAAM_WEBHOOK_ALLOW_PRIVATE="1",
         GIGAAM_WEBHOOK_BACKOFF="0.3",
+        GIGAAM_OUTPUT_REST="1",  # API results also land in the output folder, in these formats
+        GIGAAM_OUTPUT_FORMATS="txt,vtt",
     ).start()
     yield stack
     stack.stop()
@@ -324,6 +326,18 @@ def test_upload_status_result_and_downloads_follow_the_contract(api: ApiStack, k
         assert wrong.status_code == 400 and error_code(wrong) == "bad_parameter"
         english = http.get(f"/api/v1/tasks/{task_id}", headers={"Accept-Language": "en-US,en;q=0.9"}).json()
         assert english["message"] == "Transcription completed"
+
+
+def test_output_rest_writes_api_results_into_the_output_folder(api: ApiStack, key: str, wav: Path, tmp_path: Path) -> None:
+    named = tmp_path / "rest-output-check.wav"
+    named.write_bytes(wav.read_bytes())
+    with client(api, key) as http:
+        task_id = upload(http, named).json()["task_id"]
+        assert wait_done(http, task_id)["status"] == "completed"
+        text = http.get(f"/api/v1/tasks/{task_id}/download", params={"format": "txt"}).text
+    written = sorted(p.name for p in api.stack.output_dir.glob("rest-output-check*"))
+    assert written == ["rest-output-check.txt", "rest-output-check.vtt"]  # GIGAAM_OUTPUT_FORMATS, not the default
+    assert (api.stack.output_dir / "rest-output-check.txt").read_text().strip() == text.strip()
 
 
 def test_list_filters_pages_and_leaves_out_transcripts(api: ApiStack, wav: Path) -> None:

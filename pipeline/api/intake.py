@@ -58,7 +58,7 @@ async def accept(
                 api.bus,
                 upload.path,
                 filename=upload.filename,
-                options=TaskOptions(source="api"),
+                options=TaskOptions(formats=api.settings.output_formats, source="api"),
                 owner=principal.owner,
                 task_id=task_id,
             )
