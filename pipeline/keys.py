@@ -84,7 +84,17 @@ async def create_key(bus: Bus, name: str) -> tuple[str, ApiKey]:
     record = ApiKey(id=f"key_{secrets.token_hex(4)}", name=name, hash=hash_secret(secret), created=time.time())
     await kv.create(RECORD_PREFIX + record.id, orjson.dumps(asdict(record)))
     await kv.put(HASH_PREFIX + record.hash, record.id.encode())
+    await _mark_bootstrapped(kv)  # a key made by an operator means no "first key" is printed later
     return secret, record
+
+
+async def _mark_bootstrapped(kv: KeyValue) -> bool:
+    """True for the one caller that set the marker."""
+    try:
+        await kv.create(_BOOTSTRAP, orjson.dumps({"at": time.time()}))
+    except nats.js.errors.KeyWrongLastSequenceError:
+        return False
+    return True
 
 
 async def find_by_hash(kv: KeyValue, digest: str) -> ApiKey | None:
@@ -144,10 +154,18 @@ async def touch_key(kv: KeyValue, key_id: str, when: float) -> None:
 
 async def bootstrap_key(bus: Bus) -> tuple[str, ApiKey] | None:
     """The first key of a fresh deployment, made by exactly one of the workers starting together;
-    the others (and every later start) get None."""
+    the others, every later start and a deployment whose operator already made a key get None."""
     kv = await keys_bucket(bus)
-    try:
-        await kv.create(_BOOTSTRAP, orjson.dumps({"at": time.time()}))
-    except nats.js.errors.KeyWrongLastSequenceError:
+    if not await _mark_bootstrapped(kv):
         return None
     return await create_key(bus, "first key")
+
+
+async def any_key_made(bus: Bus) -> bool:
+    """Whether a key was ever created here, by the first start or by an operator."""
+    kv = await keys_bucket(bus)
+    try:
+        await kv.get(_BOOTSTRAP)
+    except nats.js.errors.KeyNotFoundError:
+        return False
+    return True

@@ -63,6 +63,7 @@ class Settings:
     api_rate_calls: int = 30  # other API calls per key per rate window; 0: unlimited
     api_rate_window: float = 60.0  # seconds of the rate-limit window
     api_keys_required: bool = True  # False: requests without a key act as one shared anonymous user
+    api_first_key: bool = True  # make and print the first key at first start; off where stdout is a log
     api_sync_timeout: float = 3600.0  # seconds POST /v1/audio/transcriptions waits for its transcript
     api_public_url: str = ""  # base URL for links sent in webhooks (behind a proxy); empty: from the request
     webhook_allow_private: bool = False  # allow callback_url on loopback, private and link-local addresses

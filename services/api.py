@@ -14,7 +14,7 @@ import sys
 from pipeline.api import server
 from pipeline.api.app import create_app, open_api
 from pipeline.api.uploads import prepare_upload_dir
-from pipeline.keys import bootstrap_key
+from pipeline.keys import any_key_made, bootstrap_key
 from pipeline.service import ServiceContext, main
 
 log = logging.getLogger(__name__)
@@ -35,11 +35,13 @@ def announce_first_key(secret: str) -> None:
 async def serve(ctx: ServiceContext) -> None:
     settings = ctx.settings
     api = await open_api(settings, ctx.bus, ctx.store, prepare_upload_dir(ctx.work_dir), ctx.metrics)
-    first = await bootstrap_key(ctx.bus)
+    first = await bootstrap_key(ctx.bus) if settings.api_first_key else None
     if first is not None:
         secret, record = first
         announce_first_key(secret)
         log.info("first API key %s created and shown on the console", record.id)
+    elif settings.api_keys_required and not await any_key_made(ctx.bus):
+        log.warning("no API key exists yet: create one with `gigaam-transcriber keys create NAME`")
     async with asyncio.TaskGroup() as tasks:
         tasks.create_task(api.keys.run(ctx.stop))
         tasks.create_task(api.webhooks.run(ctx.stop))
