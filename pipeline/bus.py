@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 DUPLICATE_WINDOW = 120.0  # seconds a Nats-Msg-Id is remembered; capped by the retention
 MAX_DELIVERIES_ADVISORY = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{JOBS_STREAM}.>"
 
+ENDINGS = ("deleted", "completed", "failed")  # in order of precedence: a deleted task stays deleted
+
 HDR_MSG_ID = "Nats-Msg-Id"
 HDR_REASON = "Gigaam-Reason"  # dead-letter copies: why the job died, percent-encoded (`dead_reason`)
 HDR_STAGE = "Gigaam-Stage"
@@ -289,9 +291,26 @@ async def publish_event(js: JetStreamContext, event: TaskEvent, *, timeout: floa
     )
 
 
+async def task_outcome(js: JetStreamContext, task_id: str) -> str | None:
+    """`deleted`, `completed` or `failed` once the task has ended, else None. Looked up in the events
+    stream, which keeps them for the retention: a job that turns up after its task ended (a late
+    redelivery, a resubmission past the duplicate window) is recognised by every stage."""
+
+    async def seen(kind: str) -> bool:
+        try:
+            await js.get_last_msg(EVENTS_STREAM, event_subject(kind, task_id))
+        except nats.js.errors.NotFoundError:
+            return False
+        return True
+
+    for kind, found in zip(ENDINGS, await asyncio.gather(*(seen(kind) for kind in ENDINGS))):
+        if found:
+            return kind
+    return None
+
+
 async def task_deleted(js: JetStreamContext, task_id: str) -> bool:
-    """Whether the task was deleted: its `deleted` event stays in the events stream for the retention,
-    so a stage can drop work for a task that is gone instead of writing its results back."""
+    """A deleted task keeps its `deleted` event for the retention: stages drop its work with it."""
     try:
         await js.get_last_msg(EVENTS_STREAM, event_subject("deleted", task_id))
     except nats.js.errors.NotFoundError:

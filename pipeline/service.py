@@ -29,6 +29,7 @@ from pipeline.bus import (
     publish_event,
     run_consumer,
     task_deleted,
+    task_outcome,
 )
 from pipeline.logs import setup_logging, task_logger
 from pipeline.metrics import Registry
@@ -68,15 +69,16 @@ class ServiceContext:
         wrote after the registry's delete had already run."""
         if not await task_deleted(self.js, task_id):
             return False
-        task_logger(log, task_id, self.name).info("the task was deleted: its job is dropped")
         if purge:
             await delete_prefix(self.store, task_id)
+        task_logger(log, task_id, self.name).info("the task was deleted: its job is dropped")
         return True
 
     async def consume(self, stage: str, handler: Handler, *, concurrency: int, failed_stage: str) -> None:
         """Runs the stage's job consumer. Every job is timed and its outcome counted (`ok`, `retry`,
-        `permanent`, `deleted`), and a job that dies (permanent error or last delivery) fails its task
-        with the reason, so no stage has to repeat that wiring. Jobs of deleted tasks are dropped."""
+        `permanent`, `deleted`, `repeat`), and a job that dies (permanent error or last delivery) fails
+        its task with the reason, so no stage has to repeat that wiring. Jobs of tasks that already
+        ended (deleted, completed, failed) are dropped: every stage is idempotent at any delay."""
         durations = self.metrics.histogram(
             "gigaam_stage_duration_seconds", "Time one job spent in a stage handler", ("stage", "outcome")
         )
@@ -88,8 +90,10 @@ class ServiceContext:
             outcome = "retry"
             task_id = _task_id(data)
             try:
-                if task_id and await self.deleted(task_id):
-                    outcome = "deleted"
+                ended = await task_outcome(self.js, task_id) if task_id else None
+                if ended is not None:
+                    task_logger(log, task_id, self.name).info("the task was %s already: its job is dropped", ended)
+                    outcome = "deleted" if ended == "deleted" else "repeat"
                     return
                 await handler(data, delivery)
                 outcome = "ok"

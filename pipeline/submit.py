@@ -30,7 +30,8 @@ async def submit_file(
     task_id: str | None = None,
 ) -> str:
     """Store the media object, record the task, queue the decode job. Safe to repeat with the same
-    `task_id`: the object is overwritten and the job and event de-duplicate on their message ids."""
+    `task_id`: within minutes the job and event de-duplicate on their message ids, and later the
+    stages drop a job whose task already ended (`ServiceContext.consume`)."""
     task_id = task_id or new_task_id()
     path = Path(path)
     size = path.stat().st_size

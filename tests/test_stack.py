@@ -293,7 +293,7 @@ async def test_a_task_deleted_mid_transcription_leaves_no_results_behind(tmp_pat
     from schemas.messages import RegistryReply, RegistryRequest, encode
     from schemas.subjects import registry_subject
 
-    stack = Stack(tmp_path).start()
+    stack = Stack(tmp_path, GIGAAM_ACK_WAIT="20").start()  # no redelivered copy races the frozen job
     bus = await stack.ready()
     frozen: list[int] = []
     try:
@@ -320,7 +320,7 @@ async def test_a_task_deleted_mid_transcription_leaves_no_results_behind(tmp_pat
         frozen.clear()
         assert (await waiting).type == "deleted"  # waiters learn of it too
         for _ in range(120):  # until a stage has met the deletion and dropped its work
-            if "the task was deleted: its job is dropped" in stack.log.read_text(errors="replace"):
+            if "its job is dropped" in stack.log.read_text(errors="replace"):
                 break
             await asyncio.sleep(0.5)
         else:
@@ -334,6 +334,40 @@ async def test_a_task_deleted_mid_transcription_leaves_no_results_behind(tmp_pat
     finally:
         for pid in frozen:
             os.kill(pid, signal.SIGCONT)
+        await bus.close()
+        stack.stop()
+
+
+async def test_a_job_repeated_after_the_duplicate_window_is_dropped(tmp_path: Path) -> None:
+    """Msg-Id deduplication lasts minutes; a job that comes back later (resubmission, a redelivery
+    after a long stall) must still not transcribe a finished task again or announce it twice."""
+    from pipeline.bus import HDR_MSG_ID
+    from schemas.messages import DecodeJob, encode
+    from schemas.subjects import JOBS_STREAM, job_subject, object_name
+
+    stack = Stack(tmp_path).start()
+    bus = await stack.ready()
+    try:
+        wav = write_wav(tmp_path / "once.wav", speech("01_speech_2s"))
+        task_id = await submit_file(bus, wav)
+        assert (await wait_for_task(bus, task_id, timeout=60)).type == "completed"
+        again = DecodeJob(task_id=task_id, media=object_name(task_id, "media"), filename="once.wav", file_size=1)
+        ack = await bus.js.publish(
+            job_subject("decode"), encode(again), stream=JOBS_STREAM, headers={HDR_MSG_ID: "outside-the-window"}
+        )
+        assert not ack.duplicate  # the broker's deduplication no longer covers it
+        for _ in range(60):
+            if "the task was completed already: its job is dropped" in stack.log.read_text(errors="replace"):
+                break
+            await asyncio.sleep(0.5)
+        else:
+            raise AssertionError("the repeated job was not dropped:\n" + stack.log_tail())
+        await asyncio.sleep(1.0)
+        types = [e.type for e in await task_events(bus, task_id)]
+        assert types.count("completed") == 1 and types.count("submitted") == 1
+        assert [e for e in await task_events(bus, task_id) if e.stage == "decoding"][-1].ts < \
+            [e for e in await task_events(bus, task_id) if e.type == "completed"][0].ts  # no decoding after it
+    finally:
         await bus.close()
         stack.stop()
 

@@ -56,6 +56,14 @@ def fit(samples: list[tuple[float, float]]) -> Fit:
     return Fit(0.0, rtf, mean_p)
 
 
+def estimate_seconds(model: Fit, queued: int, parallel: int, media_duration: float | None) -> float:
+    """`queued` counts the new task itself; the rest run ahead of it, `parallel` at a time. Pure so
+    the arithmetic is testable without a bus."""
+    ahead = max(0, queued - 1)
+    own = model.overhead + model.rtf * (media_duration or 0.0)
+    return ahead * model.mean_task / max(1, parallel) + own
+
+
 class Estimator:
     def __init__(self, bus: Bus, parallel: int) -> None:
         self.bus = bus
@@ -68,9 +76,8 @@ class Estimator:
         """Seconds from now until the new task completes (it is already counted in the queue)."""
         async with self._lock:
             model = await self._model()
-            ahead = max(0, await self._queued() - 1)
-        own = model.overhead + model.rtf * (media_duration or 0.0)
-        return ahead * model.mean_task / self.parallel + own
+            queued = await self._queued()
+        return estimate_seconds(model, queued, self.parallel, media_duration)
 
     async def _model(self) -> Fit:
         now = time.monotonic()

@@ -44,13 +44,20 @@ class EngineResult:
 
 
 def resolve_device(device: str) -> torch.device:
+    """Every unusable setting is a ValueError, which the CLI and the infer service report as a
+    configuration mistake; torch's own RuntimeError for unparsable strings would crash them."""
     if device in ("", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {device!r}: use auto, cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"unsupported device {device!r}: use cpu, cuda or cuda:N")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) are visible")
     return dev
 
 
@@ -67,7 +74,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def configure_cpu_threads(threads: int = 0) -> int:
-    """Intra-op threads = cores (or the setting); one inter-op thread since we batch ourselves."""
+    """Intra-op threads = the setting, or the cores this process may run on (its affinity, not the
+    host's count). Inter-op threads stay at torch's default: they can be set only once per process."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     torch.set_num_threads(max(1, threads or cores))
     return torch.get_num_threads()
