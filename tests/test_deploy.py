@@ -346,6 +346,9 @@ def test_nginx_proxy_rules_suit_uploads_and_progress_streams() -> None:
     sse = re.search(r"location ~ \^/api/v1/tasks/\[\^/\]\+/events\$ \{(.*?)\}", proxy, re.S)
     assert sse and "proxy_buffering off;" in sse.group(1) and "proxy_pass http://gigaam_api;" in sse.group(1)
     assert re.search(r"location / \{\s*proxy_pass http://gigaam_api;", proxy)
+    metrics = re.search(r"location = /metrics \{(.*?)\}", proxy, re.S)
+    assert metrics and "deny all;" in metrics.group(1) and "allow 127.0.0.1;" in metrics.group(1)
+    assert metrics.group(1).index("allow 127.0.0.1;") < metrics.group(1).index("deny all;")  # first match wins
     assert re.match(r"^/api/v1/tasks/[^/]+/events$", "/api/v1/tasks/0f9c2a/events")
 
 
