@@ -277,3 +277,19 @@ def test_checkpoint_cfg_is_plain_and_complete() -> None:
     assert ckpt.cfg == expected("v3_e2e_rnnt")["cfg"]
     model, tok = build_model(ckpt)
     assert model.kind == "rnnt" and tok.size == 1024
+
+
+@pytest.mark.parametrize("name", ["v2_ctc", "v3_ctc"])
+def test_torchaudio_filterbank_and_window_match_the_checkpoint_buffers(name: str) -> None:
+    """Our fresh buffers (torchaudio's HTK filterbank, periodic Hann) are the reference's: a config
+    alone builds the same features as the checkpoint it came with."""
+    from pipeline.asr.features import hann_window, mel_filterbank
+
+    ckpt = load_checkpoint(GOLDEN / "models" / f"{name}.ckpt")
+    pre = ckpt.cfg["preprocessor"]
+    stored_fb = ckpt.state_dict["preprocessor.featurizer.0.mel_scale.fb"]
+    stored_window = ckpt.state_dict["preprocessor.featurizer.0.spectrogram.window"]
+    fb = mel_filterbank(stored_fb.shape[0], int(pre["features"]), int(ckpt.cfg["sample_rate"]))
+    assert fb.shape == stored_fb.shape
+    torch.testing.assert_close(fb, stored_fb.float(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(hann_window(stored_window.shape[0]), stored_window.float(), atol=1e-7, rtol=0)

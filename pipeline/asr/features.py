@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
+import torchaudio
 from torch import nn
 
 
@@ -13,18 +12,11 @@ def hann_window(length: int) -> torch.Tensor:
 
 
 def mel_filterbank(n_freqs: int, n_mels: int, sample_rate: int) -> torch.Tensor:
-    """HTK-scale triangles without area normalisation, `[n_freqs, n_mels]` (the stored `fb`)."""
-
-    def hz_to_mel(f: float) -> float:
-        return 2595.0 * math.log10(1.0 + f / 700.0)
-
-    f_max = sample_rate / 2
-    mels = torch.linspace(hz_to_mel(0.0), hz_to_mel(f_max), n_mels + 2, dtype=torch.float64)
-    hz = 700.0 * (10 ** (mels / 2595.0) - 1.0)
-    bins = torch.linspace(0, f_max, n_freqs, dtype=torch.float64)
-    lower = (bins[:, None] - hz[None, :-2]) / (hz[1:-1] - hz[:-2])
-    upper = (hz[None, 2:] - bins[:, None]) / (hz[2:] - hz[1:-1])
-    return torch.clamp(torch.minimum(lower, upper), min=0.0).to(torch.float32)
+    """HTK-scale triangles without area normalisation, `[n_freqs, n_mels]`: what the reference's
+    torchaudio MelSpectrogram stores as `fb`. Only a starting value: checkpoints carry their own."""
+    return torchaudio.functional.melscale_fbanks(
+        n_freqs, 0.0, sample_rate / 2, n_mels, sample_rate, norm=None, mel_scale="htk"
+    )
 
 
 class _Spectrogram(nn.Module):
