@@ -102,6 +102,21 @@ def test_features_v2_batch_quirk() -> None:
         assert_close(feats[i, :, : int(lens[i])], want, 2e-3)
 
 
+@pytest.mark.parametrize("version,model", [("v2", "v2_ctc"), ("v3", "v3_ctc")])
+def test_features_batch_lengths_and_v3_batch_frames(version: str, model: str) -> None:
+    """Batch lengths are the reference's `feature_len_batch`; v3 (no centre padding) gives every
+    item's valid frames exactly as a solo run does."""
+    batch, lengths = padded_batch()
+    with torch.inference_mode():
+        feats, lens = engine(model).model.preprocessor(batch, lengths)
+    inputs = expected(model)["inputs"]
+    assert [int(n) for n in lens] == [item["feature_len_batch"] for item in inputs]
+    if version == "v3":
+        golden = arrays("features_v3")
+        for i in range(len(FILES)):
+            assert_close(feats[i, :, : int(lens[i])], golden[f"features_single_{i}"], 2e-3)
+
+
 # -- encoder --------------------------------------------------------------------------------
 
 
