@@ -372,6 +372,38 @@ async def test_a_job_repeated_after_the_duplicate_window_is_dropped(tmp_path: Pa
         stack.stop()
 
 
+async def test_at_most_infer_concurrency_tasks_transcribe_at_once_and_the_rest_queue(tmp_path: Path) -> None:
+    """The original service ran 3 tasks at a time; more wait in the queue instead of being refused."""
+    import os
+    import signal
+
+    stack = Stack(tmp_path).start()  # GIGAAM_INFER_CONCURRENCY default: 3, one infer process
+    bus = await stack.ready()
+    infer = stack.pid("infer")
+    os.kill(infer, signal.SIGSTOP)  # all 7 are decoded and waiting before infer takes any
+    try:
+        wav = write_wav(tmp_path / "long.wav", speech(*["04_speech_23s", "03_speech_9s"] * 3))
+        ids = await asyncio.gather(*(submit_file(bus, wav) for _ in range(7)))
+        for task_id in ids:
+            await wait_record(bus, task_id, ("processing",), timeout=60)
+            while not any(e.media_duration for e in await task_events(bus, task_id)):  # decoded
+                await asyncio.sleep(0.2)
+        os.kill(infer, signal.SIGCONT)
+        events = await asyncio.gather(*(wait_for_task(bus, t, timeout=240) for t in ids))
+        assert [e.type for e in events] == ["completed"] * 7
+        spans = []  # inside the infer handler: its first event to its last progress event
+        for task_id in ids:
+            mine = [e for e in await task_events(bus, task_id) if e.stage == "transcribing"]
+            spans.append((mine[0].ts, mine[-1].ts))
+        overlap = max(sum(start <= t <= end for start, end in spans) for t, _ in spans)
+        assert overlap <= 3
+        assert overlap >= 2  # they did share the engine, not run one by one
+    finally:
+        os.kill(infer, signal.SIGCONT)
+        await bus.close()
+        stack.stop()
+
+
 async def test_missing_model_is_reported_once_per_attempt_without_crash_looping(tmp_path: Path) -> None:
     stack = Stack(tmp_path, GIGAAM_MODEL=str(tmp_path / "nowhere" / "v3_ctc.ckpt")).start()
     bus = await stack.ready(stages=("registry", "decode", "format"))
