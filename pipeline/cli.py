@@ -8,17 +8,51 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import orjson
 
 from pipeline.settings import Settings, SettingsError, load_settings
 
+if TYPE_CHECKING:
+    from pipeline.bus import Bus
+
 log = logging.getLogger("gigaam")
+
+CONNECT_TIMEOUT = 10.0  # seconds a client command waits for the stack's NATS
 
 
 class CliError(Exception):
     """An expected failure: printed as one line, exit code 2."""
+
+
+class _HoldBack(logging.Filter):
+    """Swallows records, remembering the last warning: the reason a connection attempt failed."""
+
+    last = ""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            self.last = record.getMessage().removeprefix("nats gigaam-cli: ")
+        return False
+
+
+async def _connect(settings: Settings) -> Bus:
+    """The bus logs every failed attempt, noise for a one-shot command: held back while connecting,
+    the last one becomes the reason in the single error line if no server answers."""
+    from pipeline.bus import BusTimeout, connect
+
+    url = settings.resolved_nats_url()
+    attempts = _HoldBack()
+    bus_log = logging.getLogger("pipeline.bus")
+    bus_log.addFilter(attempts)
+    try:
+        return await connect(url, "gigaam-cli", first_connect_timeout=CONNECT_TIMEOUT)
+    except BusTimeout:
+        reason = attempts.last or f"no answer within {CONNECT_TIMEOUT:.0f}s"
+        raise CliError(f"cannot reach NATS at {url}: {reason}; is the stack up?") from None
+    finally:
+        bus_log.removeFilter(attempts)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -64,7 +98,11 @@ def cmd_models_pull(args: argparse.Namespace) -> int:
                 tasks[label] = bar.add_task(label, total=total)
             bar.update(tasks[label], completed=done)
 
-        path = pull(info, settings.model_dir, base_url=args.base_url, progress=progress)
+        try:
+            path = pull(info, settings.model_dir, base_url=args.base_url, progress=progress)
+        except OSError as exc:  # network failures are DownloadErrors: this is the local disk
+            folder = Path(settings.model_dir).expanduser()
+            raise CliError(f"cannot write to the model directory {folder}: {exc.strerror or exc}") from None
     print(f"{info.name}: {path} (MD5 {info.md5} verified)")
     return 0
 
@@ -149,7 +187,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     import asyncio
 
-    from pipeline.bus import connect
+    from nats.js.errors import BucketNotFoundError
+
     from pipeline.submit import submit_file, wait_for_task
     from schemas.messages import TaskOptions
 
@@ -159,7 +198,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     )
 
     async def run() -> int:
-        bus = await connect(settings.resolved_nats_url(), "gigaam-cli", first_connect_timeout=10.0)
+        bus = await _connect(settings)
         try:
             code = 0
             for file in args.files:
@@ -167,7 +206,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
                     print(f"{file}: no such file", file=sys.stderr)
                     code = 1
                     continue
-                task_id = await submit_file(bus, file, options=options)
+                try:
+                    task_id = await submit_file(bus, file, options=options)
+                except BucketNotFoundError:  # a NATS server no stack has set up
+                    raise CliError(
+                        f"NATS at {settings.resolved_nats_url()} holds no stack: start one with `gigaam-transcriber up`"
+                    ) from None
                 print(f"{file}: task {task_id}")
                 if args.wait:
                     event = await wait_for_task(bus, task_id, timeout=args.timeout)
@@ -193,7 +237,6 @@ def cmd_keys(args: argparse.Namespace) -> int:
     import asyncio
     from datetime import datetime
 
-    from pipeline.bus import connect
     from pipeline.keys import UnknownKey, create_key, list_keys, revoke_key
 
     settings = _settings(args)
@@ -202,7 +245,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
         return "-" if ts is None else datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
     async def run() -> int:
-        bus = await connect(settings.resolved_nats_url(), "gigaam-cli", first_connect_timeout=10.0)
+        bus = await _connect(settings)
         try:
             if args.keys_command == "create":
                 secret, record = await create_key(bus, args.name)
@@ -324,6 +367,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if isinstance(exc, (UnknownModel, CheckpointError, DownloadError, ModelNotFound, SegmentTooLong, ValueError)):
             print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if isinstance(exc, OSError):  # unwritable data dir, disk full, NATS timeouts, a --wait that ran out
+            print(f"error: {f'{exc.filename}: {exc.strerror}' if exc.filename else exc}", file=sys.stderr)
             return 2
         raise
 

@@ -117,15 +117,15 @@ class Supervisor:
                 child.proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for child in self.children:
-            if child.proc is None:
-                continue
-            try:
-                child.proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop in time; killing it", child.name)
-                child.proc.kill()
-                child.proc.wait()
-            (self.run_dir / f"{child.name}.pid").unlink(missing_ok=True)
+            if child.proc is not None:
+                try:
+                    child.proc.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    log.warning("%s did not stop in time; killing it", child.name)
+                    child.proc.kill()
+                    child.proc.wait()
+            if child.started:  # spawned once: also the stale file of a child waiting to be restarted
+                (self.run_dir / f"{child.name}.pid").unlink(missing_ok=True)
         if self.nats is not None:
             self.nats.stop()
             try:  # only our own record: another stack may have started on this data dir since

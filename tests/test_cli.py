@@ -17,6 +17,7 @@ import pytest
 from pipeline.asr.catalog import ModelInfo
 from pipeline.asr.checkpoint import md5sum
 from pipeline.asr.store import DownloadError, ModelNotFound, pull, resolve_model
+from tests.stack import free_port, speech, write_wav
 from tests.test_engine_conformance import GOLDEN
 
 pytestmark = pytest.mark.skipif(not GOLDEN.is_dir(), reason="gigaam-kit goldens not present")
@@ -128,3 +129,43 @@ def test_local_reports_bad_files_and_continues(tmp_path: Path) -> None:
     assert "==> " + good in r.stdout
     r = cli("local", "--model", str(tmp_path / "missing.ckpt"), good)
     assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+def test_commands_for_a_stack_that_is_not_there_say_so_in_one_line(tmp_path: Path) -> None:
+    """No traceback and no retry chatter: one line naming the URL and why it failed."""
+    url = f"nats://127.0.0.1:{free_port()}"
+    wav = write_wav(tmp_path / "a.wav", speech("01_speech_2s"))
+    procs = [  # in parallel: each waits out the CLI's 10 s connect timeout
+        subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "GIGAAM_NATS_URL": url, "GIGAAM_LOG_LEVEL": "INFO"},
+        )
+        for args in (("submit", str(wav)), ("keys", "list"))
+    ]
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 2 and out == ""
+        [line] = err.splitlines()
+        assert line.startswith(f"error: cannot reach NATS at {url}: ") and line.endswith("is the stack up?"), line
+
+
+def test_unwritable_model_and_data_dirs_give_one_line_errors(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    r = cli("models", "pull", "ctc", "--base-url", "http://127.0.0.1:9", env={"GIGAAM_MODEL_DIR": str(blocker / "m")})
+    assert r.returncode == 2 and r.stderr.splitlines() == [
+        f"error: cannot write to the model directory {blocker / 'm'}: Not a directory"
+    ]
+    r = cli("up", env={"GIGAAM_DATA_DIR": str(blocker / "data")})
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.splitlines()[-1] == f"error: {blocker / 'data'}: Not a directory"
+
+
+def test_submit_to_a_nats_without_a_stack_says_so_in_one_line(nats_server, tmp_path: Path) -> None:  # noqa: ANN001
+    wav = write_wav(tmp_path / "a.wav", speech("01_speech_2s"))
+    r = cli("submit", str(wav), env={"GIGAAM_NATS_URL": nats_server.url})
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.splitlines()[-1] == (
+        f"error: NATS at {nats_server.url} holds no stack: start one with `gigaam-transcriber up`"
+    ), r.stderr
+    assert "Traceback" not in r.stderr
