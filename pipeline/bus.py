@@ -414,6 +414,8 @@ async def object_names(store: ObjectStore, *, idle: float = 1.0) -> list[str]:
     sub = await store._js.pull_subscribe(f"$O.{store._name}.M.>", stream=store._stream, config=config)
     names: set[str] = set()
     try:
+        if (await sub.consumer_info()).num_pending == 0:  # an empty bucket: no need to wait out `idle`
+            return []
         while True:
             try:
                 msgs = await sub.fetch(256, timeout=idle)
