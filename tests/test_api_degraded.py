@@ -28,6 +28,7 @@ def api(tmp_path_factory: pytest.TempPathFactory):
         services="registry,api",
         GIGAAM_API_RATE_CALLS="0",
         GIGAAM_API_KEYS_REQUIRED="0",
+        GIGAAM_API_PROXIES="1",  # as behind the shipped nginx
     )
     stack.start(stages=("registry", "api"))
     yield stack
@@ -111,3 +112,21 @@ def test_without_required_keys_anonymous_callers_share_one_space(api: ApiStack, 
             f"{api.base}/api/v1/transcribe", files={"file": fh}, data={"callback_url": "https://example.com/hook"}
         )
     assert hooked.status_code == 400 and hooked.json()["error"]["code"] == "bad_callback_url"
+
+
+def test_behind_a_proxy_anonymous_rate_limits_follow_the_forwarded_client(api: ApiStack, tmp_path: Path) -> None:
+    """Behind nginx every request comes from 127.0.0.1: with GIGAAM_API_PROXIES=1 each client behind
+    it gets its own anonymous upload budget instead of all sharing the proxy's."""
+    wav = speech_wav(tmp_path / "forwarded.wav")
+
+    def remaining(client_ip: str) -> int:
+        with open(wav, "rb") as fh:
+            response = httpx.post(
+                f"{api.base}/api/v1/transcribe", files={"file": fh}, headers={"X-Forwarded-For": client_ip}, timeout=30
+            )
+        assert response.status_code == 202, response.text
+        return int(response.headers["X-RateLimit-Remaining"])
+
+    first = remaining("203.0.113.7")
+    assert remaining("203.0.113.7") == first - 1  # the same client spends its own budget
+    assert remaining("198.51.100.23") == first  # another client behind the same proxy starts full

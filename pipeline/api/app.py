@@ -88,6 +88,9 @@ def create_app(api: Api, name: str = "gigaam_api") -> Sanic:
         OAS_UI_DEFAULT="swagger",
         OAS_AUTODOC=False,
         OAS_URL_PREFIX="/docs",
+        # Behind N trusted proxies the client address (anonymous rate limits, logs) comes from
+        # X-Forwarded-For; 0 ignores the header, which a direct client could forge.
+        PROXIES_COUNT=api.settings.api_proxies,
     )
     app.ctx.api = api
     errors.install(app)
