@@ -66,6 +66,7 @@ class Settings:
     api_first_key: bool = True  # make and print the first key at first start; off where stdout is a log
     api_sync_timeout: float = 3600.0  # seconds POST /v1/audio/transcriptions waits for its transcript
     api_public_url: str = ""  # base URL for links sent in webhooks (behind a proxy); empty: from the request
+    api_cors_origins: str = ""  # comma-separated browser origins allowed to call the API; empty: no CORS
     api_proxies: int = 0  # proxies in front whose X-Forwarded-For is trusted for the client address (nginx: 1)
     webhook_allow_private: bool = False  # allow callback_url on loopback, private and link-local addresses
     webhook_max_attempts: int = 8  # deliveries of one webhook before it is given up

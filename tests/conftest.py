@@ -9,8 +9,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from sanic import Sanic
 
 from pipeline.natsserver import EmbeddedNats
+
+# Several in-process API apps start in one test run (tests/test_api_errors.py, tests/test_api_cors.py).
+# Sanic rewrites some of its own methods at each start; test mode makes it start from the originals.
+Sanic.test_mode = True
 
 if TYPE_CHECKING:
     from tests.apistack import ApiStack

@@ -75,6 +75,12 @@ def _dumps(value: object) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
 
 
+CORS_REQUEST_HEADERS = "x-api-key,authorization,idempotency-key,content-type,accept-language,last-event-id"
+CORS_RESPONSE_HEADERS = (
+    "retry-after,x-ratelimit-limit,x-ratelimit-remaining,x-ratelimit-reset,content-disposition,idempotent-replayed"
+)
+
+
 def create_app(api: Api, name: str = "gigaam_api") -> Sanic:
     app = Sanic(name, configure_logging=False, dumps=_dumps)
     app.config.update(
@@ -91,6 +97,12 @@ def create_app(api: Api, name: str = "gigaam_api") -> Sanic:
         # Behind N trusted proxies the client address (anonymous rate limits, logs) comes from
         # X-Forwarded-For; 0 ignores the header, which a direct client could forge.
         PROXIES_COUNT=api.settings.api_proxies,
+        # Browsers on these origins may call the API with a key; none by default (sanic-ext's CORS).
+        CORS=bool(api.settings.api_cors_origins),
+        CORS_ORIGINS=api.settings.api_cors_origins,
+        CORS_ALLOW_HEADERS=CORS_REQUEST_HEADERS,
+        CORS_EXPOSE_HEADERS=CORS_RESPONSE_HEADERS,
+        CORS_MAX_AGE=600,
     )
     app.ctx.api = api
     errors.install(app)
