@@ -1,22 +1,28 @@
 """The Python clients and `gigaam-transcriber transcribe` against the real stack with the API (tiny model),
-plus the retry rules on a scripted transport (network blips cannot be staged reliably on a real socket).
+plus the retry rules on a scripted transport. Outages and concurrency are staged on `_Proxy`, a TCP hop
+in front of the real API that can be cut and restored and that logs the requests passing through.
 The stack allows one upload per key every 2 s, so back-to-back uploads go through a real 429."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
-from pipeline.client import AsyncGigaAMClient, GigaAMClient, GigaAMError, subscribe_completions
+from pipeline.client import TERMINAL, AsyncGigaAMClient, GigaAMClient, GigaAMError, subscribe_completions
 from schemas.messages import TaskEvent
 from tests.apistack import ApiStack, speech_wav
+from tests.stack import free_port
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -161,6 +167,148 @@ def test_event_stream_is_reopened_after_a_drop() -> None:
     assert events == [("status", 40), ("status", 40), ("completed", 100)]
 
 
+class _RequestHeads:
+    """Splits one connection's client-to-server bytes into HTTP/1.1 requests (bodies by Content-Length,
+    which httpx sends for files) and hands each head on as soon as it is complete."""
+
+    def __init__(self, note: Callable[[str, str, dict[str, str]], None]) -> None:
+        self.note = note
+        self.buffer = b""
+        self.body_left = 0
+
+    def feed(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            skipped = min(self.body_left, len(self.buffer))
+            self.buffer, self.body_left = self.buffer[skipped:], self.body_left - skipped
+            end = self.buffer.find(b"\r\n\r\n")
+            if self.body_left or end < 0:
+                return
+            line, *fields = self.buffer[:end].decode("latin-1").split("\r\n")
+            self.buffer = self.buffer[end + 4 :]
+            headers = {name.strip().lower(): value.strip() for name, _, value in (f.partition(":") for f in fields)}
+            self.body_left = int(headers.get("content-length", 0))
+            method, target, _version = line.split(" ", 2)
+            self.note(method, target, headers)
+
+
+class _Proxy:
+    """A TCP hop in front of the real API. `cut()` ends every open connection and refuses new ones (the
+    port stops listening) until `restore()`. `requests` lists (method, path, headers) in the order they
+    reached the proxy, each noted before it is passed on, so the order is the order the client sent them."""
+
+    def __init__(self, upstream: str) -> None:
+        url = httpx.URL(upstream)
+        self.upstream = (url.host, url.port)
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self._listener: socket.socket | None = None
+
+    def __enter__(self) -> _Proxy:
+        self.restore()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cut()
+
+    def restore(self) -> None:
+        listener = socket.create_server(("127.0.0.1", self.port))  # SO_REUSEADDR: the same port again
+        with self._lock:
+            self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+            sockets, self._open = self._open, set()
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(); close() alone would not
+            listener.close()
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # the pumps see EOF, close their ends and exit
+
+    def _note(self, method: str, target: str, headers: dict[str, str]) -> None:
+        with self._lock:
+            self.requests.append((method, target, headers))
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self.upstream)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                live = self._listener is listener  # a cut between accept() and here ends this one too
+                if live:
+                    self._open |= {client, server}
+            if not live:
+                client.close()
+                server.close()
+                return
+            heads = _RequestHeads(self._note)
+            threading.Thread(target=self._pump, args=(client, server, heads.feed), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, None), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, inspect: Callable[[bytes], None] | None) -> None:
+        try:
+            while data := src.recv(65536):
+                if inspect is not None:
+                    inspect(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_RDWR)  # one side gone: the other pump stops too
+            with self._lock:
+                self._open.discard(src)
+            src.close()
+
+
+@pytest.fixture
+def fresh_key(client_api: ApiStack) -> str:
+    """A key of its own: no 429 wait left over from another test's upload."""
+    return client_api.key("client-fresh")
+
+
+async def test_async_client_waits_through_a_network_outage(client_api: ApiStack, fresh_key: str, media: Path) -> None:
+    """The async twin of the sync client's blip handling, on real sockets: the connection to the API drops
+    and stays refused for 1.5 s while the client polls a running task; it must retry, not give up."""
+    retries: list[str] = []
+    statuses: list[str] = []
+    cut_at: list[float] = []
+    loop = asyncio.get_running_loop()
+    with _Proxy(client_api.base) as proxy:
+
+        def on_status(body: dict) -> None:
+            statuses.append(body["status"])
+            if not cut_at and body["status"] not in TERMINAL:
+                proxy.cut()
+                cut_at.append(time.monotonic())
+                loop.call_later(1.5, proxy.restore)
+
+        on_retry = lambda why, _: retries.append(why)  # noqa: E731
+        async with AsyncGigaAMClient(proxy.base, fresh_key, on_retry=on_retry) as client:
+            task_id = (await client.upload(media / "second.wav"))["task_id"]
+            final = await client.wait(task_id, poll_interval=0.1, on_status=on_status)
+            waited = time.monotonic() - cut_at[0] if cut_at else 0.0
+            result = await client.get_result(task_id)
+    assert cut_at, f"the task was never seen running: {statuses}"
+    assert "network error" in retries and waited >= 1.5
+    assert final["status"] == "completed" and statuses[-1] == "completed"
+    assert result["task_id"] == task_id and result["transcription"].strip()
+
+
 def _cli(*args: str, cwd: Path, key: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "GIGAAM_API_KEY": key, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
@@ -189,3 +337,29 @@ def test_transcribe_cli_default_folder_and_bad_key(client_api: ApiStack, key: st
     wav = str(media / "second.wav")
     refused = _cli(wav, "--server", client_api.base, "--api-key", "gam_nope", cwd=tmp_path, key=key)
     assert refused.returncode == 1 and "second.wav: failed:" in refused.stderr
+
+
+def test_transcribe_cli_runs_at_most_three_files_at_once(
+    client_api: ApiStack, fresh_key: str, tmp_path: Path
+) -> None:
+    """Six files, `CONCURRENCY` (3) jobs at a time. A job is open from its first upload attempt (a 429 wait
+    counts) until it asks for its download, read off the requests in the order they reached the proxy."""
+    wavs = [str(speech_wav(tmp_path / f"clip{i}.wav")) for i in range(6)]
+    with _Proxy(client_api.base) as proxy:
+        run = _cli(*wavs, "--server", proxy.base, "-o", str(tmp_path / "out"), cwd=tmp_path, key=fresh_key)
+    assert run.returncode == 0, run.stderr
+    written = sorted((tmp_path / "out").glob("*.txt"))
+    assert [p.name for p in written] == [f"clip{i}.txt" for i in range(6)]
+    assert all(p.read_text(encoding="utf-8").strip() for p in written)
+    uploads: set[str] = set()
+    open_jobs = peak = downloads = 0
+    for method, target, headers in proxy.requests:
+        if method == "POST" and target == "/api/v1/transcribe" and headers["idempotency-key"] not in uploads:
+            uploads.add(headers["idempotency-key"])  # a retried upload keeps its key: the same job
+            open_jobs += 1
+        elif method == "GET" and target.split("?")[0].endswith("/download"):
+            open_jobs -= 1
+            downloads += 1
+        peak = max(peak, open_jobs)
+    assert (len(uploads), downloads) == (6, 6)
+    assert 2 <= peak <= 3, f"{peak} jobs open at once"
