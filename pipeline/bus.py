@@ -104,10 +104,14 @@ class Bus:
         await self.close()
 
 
-def _reconnect_delay(servers: list[Any], _info: dict[str, Any]) -> tuple[None, float]:
-    """Exponential backoff with jitter, capped at 5 s, so a restarting broker is not hammered."""
-    attempts = servers[0].reconnects if servers else 0
-    return None, min(5.0, 0.1 * 2**attempts) * random.uniform(0.8, 1.2)
+def _reconnect_delay(servers: list[Any], _info: dict[str, Any]) -> tuple[Any, float]:
+    """The server tried least, after an exponential backoff with jitter capped at 5 s, so a
+    restarting broker is not hammered. Choosing matters: left to itself (None), nats-py retries the
+    first server of its pool every time, which can be the cluster node that just died."""
+    if not servers:
+        return None, 1.0
+    server = min(servers, key=lambda s: s.reconnects)  # ties keep the pool's (shuffled) order
+    return server, min(5.0, 0.1 * 2**server.reconnects) * random.uniform(0.8, 1.2)
 
 
 async def connect(url: str, name: str, *, first_connect_timeout: float | None = None) -> Bus:

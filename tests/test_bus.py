@@ -208,6 +208,27 @@ async def test_request_helper(nats_server: EmbeddedNats) -> None:
     await b.close()
 
 
+async def test_a_client_fails_over_when_its_server_dies(tmp_path: Path) -> None:
+    """Losing the connected server must move the client to a live one. nats-py, given a reconnect
+    handler that names no server, retried the first of its shuffled pool forever: often the dead one."""
+    servers = [EmbeddedNats(tmp_path / f"n{i}").start() for i in range(3)]
+    try:
+        b = await bus.connect(",".join(s.url for s in servers), "failover", first_connect_timeout=5)
+        for _ in range(2):  # two of three die in turn
+            port = b.nc.connected_url.port
+            next(s for s in servers if s.url.endswith(f":{port}")).stop()
+
+            async def elsewhere(dead: int = port) -> bool:
+                return b.nc.is_connected and b.nc.connected_url.port != dead
+
+            await wait_until(elsewhere, timeout=10)
+            await b.nc.flush(timeout=2)  # and it works there
+        await b.close()
+    finally:
+        for server in servers:
+            server.stop()
+
+
 # --------------------------------------------------------------------------- objects
 
 
