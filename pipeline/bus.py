@@ -299,24 +299,18 @@ async def task_outcome(js: JetStreamContext, task_id: str) -> str | None:
     """`deleted`, `completed` or `failed` once the task has ended, else None. Looked up in the events
     stream, which keeps them for the retention: a job that turns up after its task ended (a late
     redelivery, a resubmission past the duplicate window) is recognised by every stage."""
-
-    async def seen(kind: str) -> bool:
-        try:
-            await js.get_last_msg(EVENTS_STREAM, event_subject(kind, task_id))
-        except nats.js.errors.NotFoundError:
-            return False
-        return True
-
-    for kind, found in zip(ENDINGS, await asyncio.gather(*(seen(kind) for kind in ENDINGS))):
-        if found:
-            return kind
-    return None
+    found = await asyncio.gather(*(_has_event(js, kind, task_id) for kind in ENDINGS))
+    return next((kind for kind, seen in zip(ENDINGS, found) if seen), None)
 
 
 async def task_deleted(js: JetStreamContext, task_id: str) -> bool:
     """A deleted task keeps its `deleted` event for the retention: stages drop its work with it."""
+    return await _has_event(js, "deleted", task_id)
+
+
+async def _has_event(js: JetStreamContext, kind: str, task_id: str) -> bool:
     try:
-        await js.get_last_msg(EVENTS_STREAM, event_subject("deleted", task_id))
+        await js.get_last_msg(EVENTS_STREAM, event_subject(kind, task_id))
     except nats.js.errors.NotFoundError:
         return False
     return True
