@@ -353,7 +353,8 @@ def test_list_filters_pages_and_leaves_out_transcripts(api: ApiStack, wav: Path)
         assert {t["task_id"] for t in page["tasks"] + rest["tasks"]} == set(ids)
         assert http.get("/api/v1/tasks", params={"status_filter": "completed"}).json()["total"] == 3
         assert http.get("/api/v1/tasks", params={"status_filter": "failed"}).json() == {"total": 0, "tasks": []}
-        for params in ({"status_filter": "done"}, {"limit": 0}, {"limit": 1001}, {"offset": -1}, {"limit": "x"}):
+        bad = ({"status_filter": "done"}, {"limit": 0}, {"limit": 1001}, {"offset": -1}, {"limit": "x"}, {"offset": 2**70})
+        for params in bad:
             refused = http.get("/api/v1/tasks", params=params)
             assert refused.status_code == 400 and error_code(refused) == "bad_parameter", params
 

@@ -28,6 +28,7 @@ from schemas.messages import ALL_FORMATS, RegistryRequest
 bp = Blueprint("v1", url_prefix="/api/v1")
 
 MAX_LIST_LIMIT = 1000
+MAX_LIST_OFFSET = 1_000_000_000  # far past any real list; keeps the registry query within 64-bit integers
 REPLAY_WAIT = 30.0  # seconds a repeated Idempotency-Key waits for the first request to finish
 
 
@@ -220,7 +221,11 @@ def attachment(filename: str) -> str:
             "location": "query",
             "schema": openapi.Integer(minimum=1, maximum=MAX_LIST_LIMIT, default=100),
         },
-        {"name": "offset", "location": "query", "schema": openapi.Integer(minimum=0, default=0)},
+        {
+            "name": "offset",
+            "location": "query",
+            "schema": openapi.Integer(minimum=0, maximum=MAX_LIST_OFFSET, default=0),
+        },
     ],
     response=[docs.json_response(200, "TaskList", "a page of tasks"), *docs.errors(400, 401, 429)],
 )
@@ -230,14 +235,14 @@ async def task_list(request: Request) -> HTTPResponse:
     if status is not None and status not in docs.STATUSES:
         raise ApiError(400, "bad_parameter", name="status_filter", reason=one_of(docs.STATUSES))
     limit = _int_arg(request, "limit", 100, 1, MAX_LIST_LIMIT)
-    offset = _int_arg(request, "offset", 0, 0, None)
+    offset = _int_arg(request, "offset", 0, 0, MAX_LIST_OFFSET)
     query = RegistryRequest(op="list", owner=request.ctx.principal.owner, status=status, limit=limit, offset=offset)
     reply = await registry_call(api_of(request).bus, query)
     lang = language(request)
     return json({"total": reply.total, "tasks": [status_body(t, lang) for t in reply.tasks]})
 
 
-def _int_arg(request: Request, name: str, default: int, low: int, high: int | None) -> int:
+def _int_arg(request: Request, name: str, default: int, low: int, high: int) -> int:
     raw_value = request.args.get(name)
     if raw_value is None or raw_value == "":
         return default
@@ -245,8 +250,8 @@ def _int_arg(request: Request, name: str, default: int, low: int, high: int | No
         value = int(raw_value)
     except ValueError:
         value = low - 1
-    if value < low or (high is not None and value > high):
-        bounds = f"{low}..{high}" if high is not None else f">= {low}"
+    if not low <= value <= high:
+        bounds = f"{low}..{high}"
         raise ApiError(400, "bad_parameter", name=name, reason=Both(f"целое число {bounds}", f"an integer {bounds}"))
     return value
 
