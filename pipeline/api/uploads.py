@@ -54,7 +54,7 @@ class Upload:
 
 def content_length(request: Request) -> int | None:
     raw = request.headers.get("content-length")
-    return int(raw) if raw and raw.isdigit() else None
+    return int(raw) if raw and raw.isascii() and raw.isdigit() else None  # "²".isdigit() is True
 
 
 def refuse_too_large(request: Request, limit: int) -> ApiError:
