@@ -363,32 +363,57 @@ async def put_bytes(store: ObjectStore, name: str, data: bytes) -> int:
 async def get_to_file(
     store: ObjectStore, name: str, path: str | os.PathLike[str], *, timeout: float | None = 600.0
 ) -> None:
-    """Writes to a temporary sibling and renames it, so `path` never holds a partial object.
-
-    The timeout matters: nats-py waits forever for chunks that vanish mid-read (object deleted,
-    or chunks expired before their metadata at the retention boundary)."""
+    """Writes to a temporary sibling and renames it, so `path` never holds a partial object."""
     target = Path(path)
     partial = target.with_name(f".{target.name}.partial")
     try:
         with open(partial, "wb") as fh:
-            await _bounded(name, store.get(name, writeinto=fh), timeout)
+            await _watched(store, name, store.get(name, writeinto=fh), timeout, fh.tell)
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)
 
 
 async def get_bytes(store: ObjectStore, name: str, *, timeout: float | None = 600.0) -> bytes:
-    result = await _bounded(name, store.get(name), timeout)
+    result = await _watched(store, name, store.get(name), timeout, lambda: 0)
     return bytes(result.data or b"")
 
 
-async def _bounded(name: str, pending: Awaitable[ObjectStore.ObjectResult], timeout: float | None) -> Any:
+STALL_CHECK = 2.0  # seconds without progress before a read checks that its object still exists
+
+
+async def _watched(
+    store: ObjectStore,
+    name: str,
+    pending: Awaitable[ObjectStore.ObjectResult],
+    timeout: float | None,
+    progress: Callable[[], int],
+) -> Any:
+    """nats-py waits forever for chunks that vanish mid-read (the task deleted, or chunks expired
+    before their metadata at the retention boundary). A read that stops advancing asks whether its
+    object is still there and ends with ObjectMissing if not; `timeout` bounds it in any case."""
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    reading = asyncio.ensure_future(pending)
+    seen = -1
     try:
-        return await asyncio.wait_for(pending, timeout)
+        while True:
+            wait = STALL_CHECK if deadline is None else max(0.0, min(STALL_CHECK, deadline - loop.time()))
+            done, _ = await asyncio.wait({reading}, timeout=wait)
+            if done:
+                return reading.result()
+            if deadline is not None and loop.time() >= deadline:
+                raise BusTimeout(f"object {name!r} not read within {timeout}s")
+            position = progress()
+            if position == seen and not await object_exists(store, name):
+                raise ObjectMissing(name)
+            seen = position
     except nats.js.errors.NotFoundError:  # also ObjectNotFoundError and ObjectDeletedError
         raise ObjectMissing(name) from None
-    except asyncio.TimeoutError:
-        raise BusTimeout(f"object {name!r} not read within {timeout}s (deleted while reading?)") from None
+    finally:
+        if not reading.done():
+            reading.cancel()
+            await asyncio.gather(reading, return_exceptions=True)
 
 
 async def object_exists(store: ObjectStore, name: str) -> bool:

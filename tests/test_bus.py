@@ -265,6 +265,34 @@ async def test_objects_round_trip_and_delete_prefix(nats_server: EmbeddedNats, t
     await b.close()
 
 
+async def test_a_read_whose_object_is_deleted_midway_ends_instead_of_waiting(
+    nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    """nats-py waits forever for chunks a delete purged; a task deleted while a stage downloads its
+    audio must free that stage within seconds, not at the 10-minute read timeout."""
+    b = await open_bus(nats_server)
+    store = await bus.ensure_layout(b.js, retention_s=3600)
+    source = tmp_path / "big.bin"
+    with open(source, "wb") as fh:
+        for _ in range(96):
+            fh.write(os.urandom(1 << 20))
+    await bus.put_file(store, "gone/audio.pcm", source)
+    target = tmp_path / "copy.bin"
+    partial = target.with_name(f".{target.name}.partial")
+    reading = asyncio.create_task(bus.get_to_file(store, "gone/audio.pcm", target))
+    await wait_until(lambda: _has_bytes(partial), timeout=10)
+    await store.delete("gone/audio.pcm")
+    started = time.monotonic()
+    with pytest.raises(bus.ObjectMissing):
+        await asyncio.wait_for(reading, 15)
+    assert time.monotonic() - started < 10 and not target.exists() and not partial.exists()
+    await b.close()
+
+
+async def _has_bytes(path: Path) -> bool:
+    return path.exists() and path.stat().st_size > 0
+
+
 async def test_listing_objects_while_they_expire_returns_instead_of_waiting(nats_server: EmbeddedNats) -> None:
     """The retention sweep lists the bucket just as its metadata ages out; that must not hang."""
     b = await open_bus(nats_server)
