@@ -110,6 +110,14 @@ class Stack:
         if time.monotonic() > deadline:
             raise TimeoutError(f"stack not ready:\n{self.log_tail()}")
 
+    async def wait_log(self, text: str, what: str, timeout: float = 60.0) -> None:
+        """Until a service has logged `text`; fails with `what` and the log's tail."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log.read_text(errors="replace"):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what}:\n{self.log_tail()}")
+            await asyncio.sleep(0.5)
+
     def log_tail(self, n: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
 

@@ -319,12 +319,8 @@ async def test_a_task_deleted_mid_transcription_leaves_no_results_behind(tmp_pat
             os.kill(pid, signal.SIGCONT)
         frozen.clear()
         assert (await waiting).type == "deleted"  # waiters learn of it too
-        for _ in range(120):  # until a stage has met the deletion and dropped its work
-            if "its job is dropped" in stack.log.read_text(errors="replace"):
-                break
-            await asyncio.sleep(0.5)
-        else:
-            raise AssertionError("no stage dropped the deleted task's job:\n" + stack.log_tail())
+        # until a stage has met the deletion and dropped its work
+        await stack.wait_log("its job is dropped", "no stage dropped the deleted task's job")
         await asyncio.sleep(1.0)
         store = await object_store(bus.js)
         assert [name for name in await object_names(store) if name.startswith(f"{task_id}/")] == []
@@ -356,12 +352,7 @@ async def test_a_job_repeated_after_the_duplicate_window_is_dropped(tmp_path: Pa
             job_subject("decode"), encode(again), stream=JOBS_STREAM, headers={HDR_MSG_ID: "outside-the-window"}
         )
         assert not ack.duplicate  # the broker's deduplication no longer covers it
-        for _ in range(60):
-            if "the task was completed already: its job is dropped" in stack.log.read_text(errors="replace"):
-                break
-            await asyncio.sleep(0.5)
-        else:
-            raise AssertionError("the repeated job was not dropped:\n" + stack.log_tail())
+        await stack.wait_log("the task was completed already: its job is dropped", "the repeated job was not dropped", 30)
         await asyncio.sleep(1.0)
         types = [e.type for e in await task_events(bus, task_id)]
         assert types.count("completed") == 1 and types.count("submitted") == 1
