@@ -21,8 +21,9 @@ import torch
 
 from pipeline.decode import SAMPLE_RATE, decode_media
 from pipeline.vad import load_vad_model, segment_speech, speech_probabilities, speech_regions
+from tests.kit import AUDIO
 
-GOLDEN = str(Path(__file__).resolve().parents[1].parent / "shared" / "gigaam-kit" / "golden" / "audio")
+GOLDEN = str(AUDIO)
 
 
 def build_audio(seconds: float, seed: int = 0) -> np.ndarray:

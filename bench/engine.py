@@ -25,15 +25,15 @@ from pipeline.asr.decoding import Hypothesis, ctc_greedy, rnnt_greedy
 from pipeline.asr.engine import Engine, configure_cpu_threads
 from pipeline.asr.model import random_model
 from pipeline.asr.tokenizer import CharTokenizer, SentencePieceTokenizer
+from tests.kit import AUDIO, CONFIGS, MODELS_DIR
 
-KIT = Path(__file__).resolve().parents[1].parent / "shared" / "gigaam-kit"
 TARGET_RATE = {"v3_ctc": 0.5, "v3_rnnt": 0.5, "v3_e2e_ctc": 0.25, "v3_e2e_rnnt": 0.3}
 
 
 def speech(seconds: float) -> np.ndarray:
     """Real speech from the kit, repeated to length, so features and VAD-like content are realistic."""
     parts = []
-    for f in sorted((KIT / "golden" / "audio").glob("0[1-4]_*.wav")):
+    for f in sorted(AUDIO.glob("0[1-4]_*.wav")):
         with wave.open(str(f)) as w:
             parts.append(np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16))
     audio = np.concatenate(parts).astype(np.float32) / 32768.0
@@ -42,10 +42,10 @@ def speech(seconds: float) -> np.ndarray:
 
 
 def build(name: str, device: str, precision: str) -> Engine:
-    cfg = OmegaConf.to_container(OmegaConf.load(KIT / "configs" / f"{name}.yaml"))
+    cfg = OmegaConf.to_container(OmegaConf.load(CONFIGS / f"{name}.yaml"))
     model = random_model(cfg)
     vocab = cfg["decoding"].get("vocabulary")
-    tok = CharTokenizer(vocab) if vocab else SentencePieceTokenizer(KIT / "golden" / "models" / f"{name}_tokenizer.model")
+    tok = CharTokenizer(vocab) if vocab else SentencePieceTokenizer(MODELS_DIR / f"{name}_tokenizer.model")
     return Engine(model, tok, device=device, precision=precision, name=name)
 
 

@@ -19,10 +19,9 @@ import pytest
 
 from pipeline.keys import hash_secret
 from tests.apistack import ApiStack, speech_wav, upload_dir_files, wav_header
-from tests.test_engine_conformance import GOLDEN
+from tests.kit import GOLDEN
 
 pytestmark = [
-    pytest.mark.skipif(not GOLDEN.is_dir(), reason="gigaam-kit goldens not present"),
     pytest.mark.timeout(300),
 ]
 

@@ -13,10 +13,9 @@ import httpx
 import pytest
 
 from tests.apistack import ApiStack, speech_wav
-from tests.test_engine_conformance import GOLDEN
+from tests.kit import GOLDEN
 
 pytestmark = [
-    pytest.mark.skipif(not GOLDEN.is_dir(), reason="gigaam-kit goldens not present"),
     pytest.mark.timeout(120),
 ]
 

@@ -18,10 +18,9 @@ import httpx
 import pytest
 
 from tests.apistack import ApiStack, rss_mb, speech_wav, upload_dir_files, wav_header, wav_of_size
-from tests.test_engine_conformance import GOLDEN
+from tests.kit import GOLDEN
 
 pytestmark = [
-    pytest.mark.skipif(not GOLDEN.is_dir(), reason="gigaam-kit goldens not present"),
     pytest.mark.timeout(300),
 ]
 

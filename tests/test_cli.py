@@ -18,9 +18,8 @@ from pipeline.asr.catalog import ModelInfo
 from pipeline.asr.checkpoint import md5sum
 from pipeline.asr.store import DownloadError, ModelNotFound, pull, resolve_model
 from tests.stack import free_port, speech, write_wav
-from tests.test_engine_conformance import GOLDEN
+from tests.kit import GOLDEN
 
-pytestmark = pytest.mark.skipif(not GOLDEN.is_dir(), reason="gigaam-kit goldens not present")
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:

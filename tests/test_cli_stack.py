@@ -18,9 +18,9 @@ from pipeline.bus import Bus, BusTimeout, request
 from pipeline.submit import submit_file, wait_for_task
 from schemas.subjects import WORKER_PING_PREFIX
 from tests.stack import Stack, speech, write_wav
-from tests.test_engine_conformance import GOLDEN
+from tests.kit import GOLDEN
 
-pytestmark = [pytest.mark.skipif(not GOLDEN.is_dir(), reason="gigaam-kit goldens not present"), pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.timeout(180)]
 
 
 def descendants(root: int) -> set[int]:

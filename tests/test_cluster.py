@@ -14,9 +14,9 @@ from pipeline.natsserver import EmbeddedNats
 from pipeline.submit import submit_file, wait_for_task
 from schemas.subjects import EVENTS_STREAM, JOBS_STREAM, OBJECT_BUCKET, RATE_BUCKET
 from tests.stack import Stack, free_port, speech, write_wav
-from tests.test_engine_conformance import GOLDEN
+from tests.kit import GOLDEN
 
-pytestmark = [pytest.mark.skipif(not GOLDEN.is_dir(), reason="gigaam-kit goldens not present"), pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.timeout(240)]
 
 
 async def test_stack_on_a_three_node_cluster_with_replicated_streams(tmp_path: Path) -> None:

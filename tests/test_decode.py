@@ -24,8 +24,9 @@ from pipeline.decode import (
     read_pcm,
     write_pcm,
 )
+from tests.kit import AUDIO
 
-GOLDEN_AUDIO = str(Path(__file__).resolve().parents[1].parent / "shared" / "gigaam-kit" / "golden" / "audio")
+GOLDEN_AUDIO = str(AUDIO)
 TONE_HZ = 440.0
 TONE_S = 2.0
 

@@ -15,7 +15,6 @@ from pipeline.asr.checkpoint import CheckpointError, load_checkpoint
 from pipeline.asr.engine import Engine, SegmentTooLong, resolve_precision
 from tests.test_engine_conformance import GOLDEN, engine, read_wav
 
-pytestmark = pytest.mark.skipif(not GOLDEN.is_dir(), reason="gigaam-kit goldens not present")
 
 
 @pytest.mark.parametrize("model", ["v3_ctc", "v3_e2e_rnnt"])

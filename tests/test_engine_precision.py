@@ -13,7 +13,6 @@ from bench.precision import agreement, edit_distance
 from pipeline.asr.engine import Engine
 from tests.test_engine_conformance import FILES, GOLDEN, read_wav
 
-pytestmark = pytest.mark.skipif(not GOLDEN.is_dir(), reason="gigaam-kit goldens not present")
 
 
 def test_edit_distance() -> None:

@@ -26,10 +26,9 @@ from pipeline.submit import submit_file
 from schemas.messages import RegistryReply, RegistryRequest, TaskEvent, TaskRecord, decode, encode
 from schemas.subjects import EVENT_PREFIX, EVENTS_STREAM, registry_subject
 from tests.stack import Stack, registry_get, speech, write_wav
-from tests.test_engine_conformance import GOLDEN
+from tests.kit import GOLDEN
 
 pytestmark = [
-    pytest.mark.skipif(not GOLDEN.is_dir(), reason="gigaam-kit goldens not present"),
     pytest.mark.timeout(240),
 ]
 

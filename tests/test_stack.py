@@ -13,9 +13,9 @@ from pipeline.submit import submit_file, wait_for_task
 from schemas.messages import TaskOptions, Transcript, decode
 from tests.stack import Stack, registry_get, result_object, speech, task_events, wait_record, write_wav
 from tests.test_decode import encode
-from tests.test_engine_conformance import GOLDEN
+from tests.kit import GOLDEN
 
-pytestmark = [pytest.mark.skipif(not GOLDEN.is_dir(), reason="gigaam-kit goldens not present"), pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.timeout(300)]
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ from pipeline.transcribe import transcribe_file
 from schemas.messages import InferJob, TaskOptions, Transcript, decode
 from tests.test_engine_conformance import GOLDEN, engine, read_wav
 
-pytestmark = pytest.mark.skipif(not GOLDEN.is_dir(), reason="gigaam-kit goldens not present")
 
 
 def write_wav(path: Path, samples: np.ndarray) -> Path:

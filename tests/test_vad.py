@@ -21,8 +21,9 @@ from pipeline.vad import (
     speech_regions,
 )
 from schemas.messages import Span
+from tests.kit import AUDIO
 
-GOLDEN_AUDIO = str(Path(__file__).resolve().parents[1].parent / "shared" / "gigaam-kit" / "golden" / "audio")
+GOLDEN_AUDIO = str(AUDIO)
 SR = 16000
 SPEECH_FILES = ["01_speech_2s.wav", "02_speech_5s.wav", "03_speech_9s.wav", "04_speech_23s.wav"]
 
