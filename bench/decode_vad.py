@@ -13,7 +13,6 @@ import glob
 import os
 import tempfile
 import time
-from pathlib import Path
 
 import av
 import numpy as np

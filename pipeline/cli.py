@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import orjson
 
+from pipeline.first_run import PreflightError
 from pipeline.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
@@ -99,7 +100,7 @@ def cmd_models_pull(args: argparse.Namespace) -> int:
             bar.update(tasks[label], completed=done)
 
         try:
-            path = pull(info, settings.model_dir, base_url=args.base_url, progress=progress)
+            path = pull(info, settings.model_dir, base_url=args.base_url or settings.model_base_url or None, progress=progress)
         except OSError as exc:  # network failures are DownloadErrors: this is the local disk
             folder = Path(settings.model_dir).expanduser()
             raise CliError(f"cannot write to the model directory {folder}: {exc.strerror or exc}") from None
@@ -167,11 +168,13 @@ def cmd_local(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     import asyncio
 
-    from pipeline.supervisor import run_stack
+    from pipeline.first_run import preflight
+    from pipeline.supervisor import default_services, run_stack
 
-    services = args.services.split(",") if args.services else None
-    asyncio.run(run_stack(_settings(args), services))
-    return 0
+    settings = _settings(args)
+    services = args.services.split(",") if args.services else default_services()
+    preflight(settings, services)
+    return asyncio.run(run_stack(settings, services))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -356,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # `... | head`
         return 0
-    except (CliError, SettingsError) as exc:
+    except (CliError, SettingsError, PreflightError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # expected domain errors print one line, never a traceback

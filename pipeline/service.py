@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,8 +188,21 @@ async def run_service(
         log.info("%s service stopped", name)
 
 
+class FatalConfig(Exception):
+    """The service cannot run as configured (a port in use, say): restarting would fail the same
+    way, so it prints one line and exits with EXIT_CONFIG, which the supervisor does not restart."""
+
+
+EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h
+
+
 def main(name: str, body: Callable[[ServiceContext], Awaitable[None]]) -> None:
     """Process entry point: `python -m services.<name>` and `gigaam-transcriber serve <name>`."""
     settings = load_settings()
     setup_logging(settings.log_level, settings.log_json, service=name)
-    asyncio.run(run_service(name, body, settings))
+    try:
+        asyncio.run(run_service(name, body, settings))
+    except FatalConfig as exc:
+        log.error("%s service cannot start: %s", name, exc)
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)

@@ -30,6 +30,7 @@ class Settings:
     nats_url: str = ""  # empty: `up` starts an embedded nats-server and records its URL in data_dir
     model: str = "v3_e2e_rnnt"  # model name/alias or path to a .ckpt
     model_dir: str = field(default_factory=_default_model_dir)
+    model_base_url: str = ""  # where `models pull` and first start download from; empty: the official host
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16 | int8
     cpu_threads: int = 0  # 0: all cores

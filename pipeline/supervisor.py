@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pipeline.bus import connect, ensure_layout
 from pipeline.natsserver import EmbeddedNats
+from pipeline.service import EXIT_CONFIG
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class Supervisor:
         self.nats: EmbeddedNats | None = None
         self.url = settings.nats_url
         self.run_dir = Path(settings.data_dir) / "run"
+        self.fatal: str | None = None  # a child that cannot run as configured: the stack stops
 
     def _child_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -94,6 +96,12 @@ class Supervisor:
             now = time.monotonic()
             for child in self.children:
                 proc = child.proc
+                if proc is not None and proc.poll() is not None and proc.returncode == EXIT_CONFIG:
+                    self.fatal = f"{child.name} cannot run with this configuration (its error is above)"
+                    log.error("%s; stopping the stack", self.fatal)
+                    child.proc = None
+                    stop.set()
+                    return
                 if proc is not None and proc.poll() is not None:
                     ran = now - child.started
                     child.failures = 0 if ran > 60 else child.failures + 1
@@ -136,7 +144,8 @@ class Supervisor:
         log.info("stack stopped")
 
 
-async def run_stack(settings: Settings, services: list[str] | None = None) -> None:
+async def run_stack(settings: Settings, services: list[str] | None = None) -> int:
+    """Exit code for `up`: 0 after a clean stop, EXIT_CONFIG when a child could not run as configured."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -148,3 +157,4 @@ async def run_stack(settings: Settings, services: list[str] | None = None) -> No
         await sup.watch(stop)
     finally:
         sup.stop()
+    return EXIT_CONFIG if sup.fatal else 0

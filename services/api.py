@@ -34,6 +34,8 @@ def announce_first_key(secret: str) -> None:
 
 async def serve(ctx: ServiceContext) -> None:
     settings = ctx.settings
+    # Bound first: an API that cannot listen must not announce a first key nobody can use.
+    sock = server.bind_port(settings.api_host, settings.api_port, reuse_port=settings.api_workers > 1)
     api = await open_api(settings, ctx.bus, ctx.store, prepare_upload_dir(ctx.work_dir), ctx.metrics)
     first = await bootstrap_key(ctx.bus) if settings.api_first_key else None
     if first is not None:
@@ -46,7 +48,6 @@ async def serve(ctx: ServiceContext) -> None:
         tasks.create_task(api.keys.run(ctx.stop))
         tasks.create_task(api.webhooks.run(ctx.stop))
         await api.keys.wait_loaded(KEYS_LOAD_TIMEOUT)
-        sock = server.bind(settings.api_host, settings.api_port, reuse_port=settings.api_workers > 1)
         app = create_app(api)
         http = await server.start(app, sock)
         try:

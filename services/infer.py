@@ -44,8 +44,9 @@ async def open_engine(ctx: ServiceContext) -> Engine | None:
     while not ctx.stop.is_set():
         try:
             return await asyncio.to_thread(load_engine, ctx.settings, download=True)
-        except (ModelNotFound, CheckpointError, UnknownModel, DownloadError, ValueError) as exc:
-            log.error("cannot load the model: %s (retrying in %.0f s)", exc, RETRY_MODEL_S)
+        except (ModelNotFound, CheckpointError, UnknownModel, DownloadError, ValueError, OSError) as exc:
+            ctx.info["error"] = f"GIGAAM_MODEL={ctx.settings.model}: {exc}"  # /health shows it
+            log.error("cannot load the model GIGAAM_MODEL=%s: %s (retrying in %.0f s)", ctx.settings.model, exc, RETRY_MODEL_S)
         try:
             await asyncio.wait_for(ctx.stop.wait(), RETRY_MODEL_S)
         except asyncio.TimeoutError:
@@ -81,6 +82,7 @@ async def serve(ctx: ServiceContext) -> None:
     engine = await open_engine(ctx)
     if engine is None:
         return
+    ctx.info.pop("error", None)
     ctx.info.update(ready=True, model=engine.name, device=str(engine.device), precision=engine.precision)
     log.info("engine ready: %s on %s (%s)", engine.name, engine.device, engine.precision)
     batcher = SegmentBatcher(engine.transcribe, max_batch=settings.infer_batch_size, max_wait=settings.infer_batch_wait)

@@ -58,3 +58,26 @@ def client_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator["ApiStack"]
     ).start()
     yield stack
     stack.stop()
+
+
+# --------------------------------------------------------------------------- test tiers
+# unit: no broker, no processes (make test-fast); bus: a real nats-server; stack: whole stacks of
+# service processes; browser: headless Chromium. A module or test may mark itself; otherwise the
+# tier follows what it uses, so a new test lands in the right tier without anyone remembering to.
+TIERS = ("unit", "bus", "stack", "browser")
+
+
+def _tier(item: pytest.Item) -> str:
+    names = set(getattr(item, "fixturenames", ()))
+    module = vars(getattr(item, "module", None) or object())
+    if {"client_api"} & names or {"Stack", "ApiStack"} & module.keys():
+        return "stack"
+    if "nats_server" in names or "EmbeddedNats" in module:
+        return "bus"
+    return "unit"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if not any(item.get_closest_marker(tier) for tier in TIERS):
+            item.add_marker(_tier(item))

@@ -19,7 +19,6 @@ import pytest
 
 from pipeline.keys import hash_secret
 from tests.apistack import ApiStack, speech_wav, upload_dir_files, wav_header
-from tests.kit import GOLDEN
 
 pytestmark = [
     pytest.mark.timeout(300),

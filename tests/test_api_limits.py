@@ -18,7 +18,6 @@ import httpx
 import pytest
 
 from tests.apistack import ApiStack, rss_mb, speech_wav, upload_dir_files, wav_header, wav_of_size
-from tests.kit import GOLDEN
 
 pytestmark = [
     pytest.mark.timeout(300),

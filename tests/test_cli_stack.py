@@ -18,7 +18,6 @@ from pipeline.bus import Bus, BusTimeout, request
 from pipeline.submit import submit_file, wait_for_task
 from schemas.subjects import WORKER_PING_PREFIX
 from tests.stack import Stack, speech, write_wav
-from tests.kit import GOLDEN
 
 pytestmark = [pytest.mark.timeout(180)]
 
@@ -113,7 +112,7 @@ async def test_a_child_that_keeps_dying_is_restarted_after_growing_delays(tmp_pa
         finally:
             await bus.close()
         stack.kill9("format")
-        await asyncio.sleep(1.5)  # the supervisor has seen the death: format now waits 8 s to restart
+        await stack.wait_log("restarting in 8.0s", "the supervisor saw the fourth death")  # format now waits
     finally:
         stack.stop()
     assert stack.proc.returncode == 0, stack.log_tail()

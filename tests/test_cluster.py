@@ -14,7 +14,6 @@ from pipeline.natsserver import EmbeddedNats
 from pipeline.submit import submit_file, wait_for_task
 from schemas.subjects import EVENTS_STREAM, JOBS_STREAM, OBJECT_BUCKET, RATE_BUCKET
 from tests.stack import Stack, free_port, speech, write_wav
-from tests.kit import GOLDEN
 
 pytestmark = [pytest.mark.timeout(240)]
 

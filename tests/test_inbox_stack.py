@@ -26,7 +26,6 @@ from pipeline.submit import submit_file
 from schemas.messages import RegistryReply, RegistryRequest, TaskEvent, TaskRecord, decode, encode
 from schemas.subjects import EVENT_PREFIX, EVENTS_STREAM, registry_subject
 from tests.stack import Stack, registry_get, speech, write_wav
-from tests.kit import GOLDEN
 
 pytestmark = [
     pytest.mark.timeout(240),
@@ -172,7 +171,9 @@ async def test_a_syncthing_temp_file_renamed_into_place_is_taken_once(stack: Sta
             os.rename(folder / temp, folder / final)
         for final in temps.values():
             await eventually((stack.output_dir / "phone" / final.replace(".wav", ".txt")).exists, what=final)
-        await asyncio.sleep(3.5)  # a rescan later, nothing more happens
+        # A rescan that rightly submits nothing leaves no trace to wait for: the bound is one rescan
+        # interval plus the stability interval, the longest a wrong second submission could take.
+        await asyncio.sleep(3.5)
         tasks = await inbox_tasks(bus, "phone")
         assert sorted(t.filename for t in tasks) == ["memo.wav", "rec.wav"]
         assert all(t.status == "completed" for t in tasks)
@@ -383,13 +384,13 @@ async def test_polling_mode_keeps_files_and_never_resubmits_them(tmp_path: Path)
         kept = write_wav(tmp_path / "inbox" / "a" / "kept.wav", clip(7, 2.0))
         await eventually((stack.output_dir / "a" / "kept.txt").exists, what="kept.txt")
         [task] = await eventually(lambda: inbox_tasks(bus, "a"), what="the task row")
-        await asyncio.sleep(2.5)  # two rescans see the kept file again
+        await asyncio.sleep(2.5)  # bound, not an event: two rescans (1 s each) see the kept file again and must not resubmit
         body = encode(RegistryRequest(op="delete", task_id=task.task_id))
         assert decode(RegistryReply, (await bus.nc.request(registry_subject("delete"), body, timeout=5)).data).ok
         victim = stack.kill9("ingest")
         await eventually(lambda: _restarted(stack, victim), what="the ingester's restart")
         await stack.ready(("ingest",))
-        await asyncio.sleep(2.5)  # the restarted ingester rescanned; only its ledger knows the file
+        await asyncio.sleep(2.5)  # bound: two rescans of the restarted ingester; only its ledger knows the file
         log = stack.log.read_text()
         assert "(polling," in log
         assert log.count("submitted a/kept.wav") == 1

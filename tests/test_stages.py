@@ -18,7 +18,7 @@ from pipeline.stages.format import render_all, write_to_output_dir
 from pipeline.stages.infer import transcribe_job
 from pipeline.transcribe import transcribe_file
 from schemas.messages import InferJob, TaskOptions, Transcript, decode
-from tests.test_engine_conformance import GOLDEN, engine, read_wav
+from tests.test_engine_conformance import engine, read_wav
 
 
 

@@ -21,6 +21,7 @@ from pipeline.api.estimate import Estimator
 from pipeline.api.idempotency import Idempotency
 from pipeline.api.idempotency import TTL as IDEMPOTENCY_TTL
 from pipeline.api.ratelimit import RateLimiter, add_headers, enforce
+from pipeline.api.readiness import ModelReadiness
 from pipeline.api.webhooks import Webhooks
 from pipeline.bus import Bus
 from pipeline.keys import keys_bucket
@@ -67,6 +68,7 @@ async def open_api(
         estimator=Estimator(bus, settings.infer_concurrency),
         upload_dir=upload_dir,
         metrics=metrics or Registry(),
+        readiness=ModelReadiness(bus),
     )
 
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from pipeline.api.estimate import Estimator
     from pipeline.api.idempotency import Idempotency
     from pipeline.api.ratelimit import RateLimiter
+    from pipeline.api.readiness import ModelReadiness
     from pipeline.api.webhooks import Webhooks
 
 
@@ -34,6 +35,7 @@ class Api:
     estimator: Estimator
     upload_dir: Path  # this worker's scratch folder for uploads in flight
     metrics: Registry  # this process's metrics, answered on gigaam.metrics.api
+    readiness: ModelReadiness  # whether an infer worker has its model (uploads and statuses say so)
 
 
 def api_of(request: Request) -> Api:

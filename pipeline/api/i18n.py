@@ -73,6 +73,18 @@ TEXTS: dict[str, tuple[str, str]] = {
     "status_decoding": ("Подготовка аудио...", "Preparing the audio..."),
     "status_transcribing": ("Транскрибация в процессе...", "Transcription in progress..."),
     "status_formatting": ("Подготовка результатов...", "Preparing the results..."),
+    "status_waiting_model": (
+        "Задача ждёт модель распознавания, она ещё не готова: {reason}",
+        "The task waits for the speech model, which is not ready: {reason}",
+    ),
+    "upload_waiting_model": (
+        "Файл принят, но модель распознавания не готова, задача ждёт её: {reason}",
+        "File accepted, but the speech model is not ready; the task waits for it: {reason}",
+    ),
+    "estimate_unknown": (
+        "неизвестно: модель распознавания не готова",
+        "unknown: the speech model is not ready",
+    ),
     "status_completed": ("Транскрибация успешно завершена", "Transcription completed"),
     "status_failed": ("Ошибка обработки: {error}", "Processing failed: {error}"),
     "task_deleted": ("Задача {task_id} удалена", "Task {task_id} deleted"),

@@ -27,7 +27,7 @@ bp = Blueprint("meta")
 
 PING_TIMEOUT = 1.0
 # What a health reply may repeat from a worker's ping; pids and host names stay private.
-PUBLIC_PING_FIELDS = ("model", "device", "precision")
+PUBLIC_PING_FIELDS = ("model", "device", "precision", "error")  # error: why an infer worker is not ready
 
 
 def package_version() -> str:

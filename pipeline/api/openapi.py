@@ -65,7 +65,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "filename": {"type": "string", "description": "the uploaded name, sanitised"},
             "file_size": {"type": "integer", "format": "int64"},
             "estimated_time": {"type": "string", "description": "readable estimate until the result is ready"},
-            "estimated_seconds": {"type": "number", "description": "the same estimate in seconds"},
+            "estimated_seconds": {"type": "number", "nullable": True, "description": "the same estimate in seconds; null while no speech model is ready"},
         },
     },
     "TaskStatus": {

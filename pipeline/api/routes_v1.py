@@ -23,7 +23,7 @@ from pipeline.api.uploads import check_declared_size
 from pipeline.bus import ObjectMissing, get_bytes
 from pipeline.formats import CONTENT_TYPES, EXTENSIONS
 from pipeline.submit import new_task_id
-from schemas.messages import ALL_FORMATS, RegistryRequest
+from schemas.messages import ALL_FORMATS, TERMINAL_STATUSES, RegistryRequest
 
 bp = Blueprint("v1", url_prefix="/api/v1")
 
@@ -87,6 +87,13 @@ async def transcribe(request: Request) -> HTTPResponse:
         "estimated_time": _readable(seconds, lang),
         "estimated_seconds": round(seconds, 1),
     }
+    waiting = await api.readiness.waiting_reason()
+    if waiting is not None:
+        body.update(
+            message=text("upload_waiting_model", lang, reason=waiting),
+            estimated_time=text("estimate_unknown", lang),
+            estimated_seconds=None,
+        )
     if claim is not None:
         await api.idempotency.complete(claim, body)
     return json(body, status=202)
@@ -143,7 +150,8 @@ def _readable(seconds: float, lang: str) -> str:
 @docs.secured
 async def task_status(request: Request, task_id: str) -> HTTPResponse:
     record = await get_task(api_of(request).bus, task_id, request.ctx.principal.owner)
-    return json(status_body(record, language(request)))
+    waiting = None if record.status in TERMINAL_STATUSES else await api_of(request).readiness.waiting_reason()
+    return json(status_body(record, language(request), waiting))
 
 
 @bp.get("/tasks/<task_id:str>/result")

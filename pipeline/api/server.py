@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import errno
 import socket
 
 from sanic import Sanic
 from sanic.server.async_server import AsyncioServer
+
+from pipeline.service import FatalConfig
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,21 @@ def bind(host: str, port: int, *, reuse_port: bool) -> socket.socket:
         raise
     sock.setblocking(False)
     return sock
+
+
+def bind_port(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    """`bind` for a service: an address in use or not ours is a configuration error naming the setting."""
+    try:
+        return bind(host, port, reuse_port=reuse_port)
+    except OSError as exc:
+        raise FatalConfig(port_problem(host, port, exc)) from None
+
+
+def port_problem(host: str, port: int, exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return (f"port {port} on {host} is already in use (GIGAAM_API_PORT): stop what listens there "
+                f"or choose another port")
+    return f"cannot listen on {host}:{port} (GIGAAM_API_HOST, GIGAAM_API_PORT): {exc.strerror or exc}"
 
 
 async def start(app: Sanic, sock: socket.socket) -> AsyncioServer:

@@ -70,7 +70,9 @@ def iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
 
 
-def status_message(record: TaskRecord, lang: str) -> str:
+def status_message(record: TaskRecord, lang: str, waiting: str | None = None) -> str:
+    if waiting is not None and waits_for_model(record):
+        return text("status_waiting_model", lang, reason=waiting)
     if record.status == "failed":
         return text("status_failed", lang, error=record.error or "?")
     if record.status == "processing":
@@ -78,8 +80,13 @@ def status_message(record: TaskRecord, lang: str) -> str:
     return text(f"status_{record.status}", lang)
 
 
-def status_body(record: TaskRecord, lang: str) -> dict[str, Any]:
-    """`GET /api/v1/tasks/{id}`: the original guide's fields plus `stage`."""
+def waits_for_model(record: TaskRecord) -> bool:
+    return record.status not in TERMINAL_STATUSES and record.stage in (None, "queued", "decoding", "transcribing")
+
+
+def status_body(record: TaskRecord, lang: str, waiting: str | None = None) -> dict[str, Any]:
+    """`GET /api/v1/tasks/{id}`: the original guide's fields plus `stage`. `waiting`: why no infer
+    worker is ready, told in the message of a task that has not been transcribed yet."""
     return {
         "task_id": record.task_id,
         "status": record.status,
@@ -90,7 +97,7 @@ def status_body(record: TaskRecord, lang: str) -> dict[str, Any]:
         "progress": record.progress,
         "filename": record.filename,
         "file_size": record.file_size,
-        "message": status_message(record, lang),
+        "message": status_message(record, lang, waiting),
         "error": record.error,
     }
 
