@@ -17,12 +17,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /src
 
-# Dependencies in their own layer: torch and friends are gigabytes and change rarely, the source
-# changes all the time. Empty packages stand in for ours, so this layer depends on pyproject.toml only.
-COPY pyproject.toml ./
+# Dependencies in their own layer, at the exact versions the suite passed with (constraints.txt): torch
+# and friends are gigabytes and change rarely, the source changes all the time. Empty packages stand
+# in for ours, so this layer depends on pyproject.toml and constraints.txt only.
+COPY pyproject.toml constraints.txt ./
 RUN mkdir pipeline services schemas \
  && touch pipeline/__init__.py services/__init__.py schemas/__init__.py \
- && pip install . \
+ && pip install -c constraints.txt . \
  && pip uninstall -y gigaam-transcriber \
  && rm -rf /src/*
 

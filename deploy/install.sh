@@ -28,7 +28,7 @@ Options:
   --services LIST which services this host runs, comma-separated (default: all of
                   nats,registry,decode,infer,format,api,ingest); the others are disabled
   --nats-url URL  GIGAAM_NATS_URL for a new gigaam.env (default nats://127.0.0.1:4222, this host)
-  --python EXE    interpreter for the venv (default python3.11; the package needs 3.11)
+  --python EXE    interpreter for the venv (default python3.11; 3.11 to 3.13 are supported)
   --no-model      do not download GIGAAM_MODEL now (the infer service fetches it when it starts)
   --prefix DIR    see above
   --dry-run       see above
@@ -263,8 +263,8 @@ else
     run "$PYTHON" -m venv "$VENV"
 fi
 # Not editable: the checkout can move or change without touching the running services. Only the
-# project itself is reinstalled; dependencies are upgraded only when its requirements say so.
-run "$VENV/bin/pip" install --quiet --upgrade --upgrade-strategy only-if-needed "$SRC"
+# project itself is reinstalled; dependencies move only to the exact versions of constraints.txt.
+run "$VENV/bin/pip" install --quiet --upgrade --upgrade-strategy only-if-needed -c "$SRC/constraints.txt" "$SRC"
 put "$SRC/deploy/healthcheck.py" "$OPT/healthcheck.py" 0755 root:root
 
 # -- 4. settings ------------------------------------------------------------------------------
