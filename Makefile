@@ -1,7 +1,8 @@
 # Two commands on a fresh machine: `make up` (stack) and `make test` (tests). Both create .venv.
 # Installs are pinned by constraints.txt (exact versions); `make lock` regenerates it on purpose.
 SUPPORTED := python3.11 python3.12 python3.13
-PY ?= $(firstword $(foreach p,$(SUPPORTED),$(shell command -v $(p) >/dev/null 2>&1 && echo $(p))))
+runs = $(shell $(1) -c 'import sys; assert sys.version_info[:2] in ((3, 11), (3, 12), (3, 13))' >/dev/null 2>&1 && echo $(1))
+PY ?= $(firstword $(foreach p,$(SUPPORTED),$(call runs,$(p))))
 VENV := .venv
 BIN := $(VENV)/bin
 EXTRAS ?= test
@@ -31,7 +32,7 @@ test-fast: install
 # The unit tier under every supported interpreter on this machine, each in its own venv.
 test-pythons:
 	@for p in $(SUPPORTED); do \
-	  command -v $$p >/dev/null 2>&1 || { echo "skip $$p: not installed"; continue; }; \
+	  $$p -c '' >/dev/null 2>&1 || { echo "skip $$p: not installed (with pyenv: PYENV_VERSION=3.11.7:3.12.1:3.13.0)"; continue; }; \
 	  $(MAKE) --no-print-directory VENV=.venv-$$p PY=$$p test-fast || exit 1; \
 	done
 
