@@ -34,7 +34,7 @@ from pipeline.bus import (
 )
 from pipeline.logs import setup_logging, task_logger
 from pipeline.metrics import Registry
-from pipeline.settings import Settings, load_settings
+from pipeline.settings import Settings, SettingsError, load_settings
 from schemas.messages import TaskEvent
 from schemas.subjects import METRICS_PREFIX, WORKER_PING_PREFIX
 
@@ -198,11 +198,12 @@ EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h
 
 def main(name: str, body: Callable[[ServiceContext], Awaitable[None]]) -> None:
     """Process entry point: `python -m services.<name>` and `gigaam-transcriber serve <name>`."""
-    settings = load_settings()
-    setup_logging(settings.log_level, settings.log_json, service=name)
     try:
+        settings = load_settings()
+        setup_logging(settings.log_level, settings.log_json, service=name)
         asyncio.run(run_service(name, body, settings))
-    except FatalConfig as exc:
-        log.error("%s service cannot start: %s", name, exc)
+    except (FatalConfig, SettingsError) as exc:
+        if logging.getLogger().handlers:  # logging is set up (a bad setting fails before it is)
+            log.error("%s service cannot start: %s", name, exc)
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
