@@ -26,7 +26,7 @@ from pipeline.api.webhooks import Webhooks
 from pipeline.bus import Bus
 from pipeline.keys import keys_bucket
 from pipeline.kvstore import open_bucket
-from pipeline.metrics import Registry
+from pipeline.metrics import Metrics
 from pipeline.settings import Settings
 from schemas.subjects import IDEMPOTENCY_BUCKET, RATE_BUCKET, WEBHOOKS_BUCKET
 
@@ -37,7 +37,7 @@ PROTECTED.middleware(add_headers, "response")
 
 
 async def open_api(
-    settings: Settings, bus: Bus, store: ObjectStore, upload_dir: Path, metrics: Registry | None = None
+    settings: Settings, bus: Bus, store: ObjectStore, upload_dir: Path, metrics: Metrics | None = None
 ) -> Api:
     replicas = settings.nats_replicas
     rate_kv = await open_bucket(bus.js, RATE_BUCKET, ttl=max(120.0, 2 * settings.api_rate_window), replicas=replicas)
@@ -55,7 +55,7 @@ async def open_api(
         webhooks=Webhooks(bus, webhooks_kv, settings),
         estimator=Estimator(bus, settings.infer_concurrency),
         upload_dir=upload_dir,
-        metrics=metrics or Registry(),
+        metrics=metrics or Metrics(),
         readiness=ModelReadiness(bus),
     )
 
