@@ -33,8 +33,8 @@ from pipeline.bus import (
     task_outcome,
 )
 from pipeline.logs import setup_logging, task_logger
-from pipeline.metrics import Registry
-from pipeline.settings import Settings, load_settings
+from pipeline.metrics import Metrics
+from pipeline.settings import Settings, SettingsError, load_settings
 from schemas.messages import TaskEvent
 from schemas.subjects import METRICS_PREFIX, WORKER_PING_PREFIX
 
@@ -49,7 +49,7 @@ class ServiceContext:
     store: ObjectStore
     stop: asyncio.Event
     info: dict = field(default_factory=dict)  # extra facts for pings (model, device...)
-    metrics: Registry = field(default_factory=Registry)  # answered on gigaam.metrics.<name>
+    metrics: Metrics = field(default_factory=Metrics)  # answered on gigaam.metrics.<name>
 
     @property
     def js(self):  # noqa: ANN201 - JetStreamContext
@@ -105,11 +105,11 @@ class ServiceContext:
                 outcome = "permanent"
                 raise
             finally:
-                durations.observe(time.perf_counter() - started, stage=stage, outcome=outcome)
-                jobs.inc(stage=stage, outcome=outcome)
+                durations.labels(stage=stage, outcome=outcome).observe(time.perf_counter() - started)
+                jobs.labels(stage=stage, outcome=outcome).inc()
 
         async def on_dead(data: bytes, reason: str) -> None:
-            dead.inc(stage=stage)
+            dead.labels(stage=stage).inc()
             task_id = orjson.loads(data)["task_id"]  # every job message carries it
             await self.event(task_id, "failed", stage=failed_stage, error=reason)
 
@@ -139,13 +139,8 @@ async def _answer_metrics(ctx: ServiceContext) -> None:
     """Every process answers (no queue group): the API gathers all replies into one scrape."""
     started = time.time()
     uptime = ctx.metrics.gauge("gigaam_process_uptime_seconds", "Seconds since the service started")
-    rss = ctx.metrics.gauge("gigaam_process_resident_memory_bytes", "Resident memory of the process")
-
-    def collect() -> None:
-        uptime.set(time.time() - started)
-        rss.set(_rss_bytes())
-
-    ctx.metrics.on_collect(collect)
+    uptime.set_function(lambda: time.time() - started)
+    ctx.metrics.gauge("gigaam_process_resident_memory_bytes", "Resident memory of the process").set_function(_rss_bytes)
 
     async def reply(msg) -> None:  # noqa: ANN001 - nats Msg
         await msg.respond(ctx.metrics.render().encode())
@@ -177,7 +172,7 @@ async def run_service(
         store = await ensure_layout(
             bus.js, settings.retention, settings.nats_replicas, ack_wait=settings.ack_wait, max_deliver=settings.max_deliver
         )
-        metrics = Registry(service=name, host=socket.gethostname(), pid=str(os.getpid()))
+        metrics = Metrics(service=name, host=socket.gethostname(), pid=str(os.getpid()))
         ctx = ServiceContext(name, settings, bus, store, stop, metrics=metrics)
         await _answer_pings(ctx)
         await _answer_metrics(ctx)
@@ -198,11 +193,12 @@ EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h
 
 def main(name: str, body: Callable[[ServiceContext], Awaitable[None]]) -> None:
     """Process entry point: `python -m services.<name>` and `gigaam-transcriber serve <name>`."""
-    settings = load_settings()
-    setup_logging(settings.log_level, settings.log_json, service=name)
     try:
+        settings = load_settings()
+        setup_logging(settings.log_level, settings.log_json, service=name)
         asyncio.run(run_service(name, body, settings))
-    except FatalConfig as exc:
-        log.error("%s service cannot start: %s", name, exc)
+    except (FatalConfig, SettingsError) as exc:
+        if logging.getLogger().handlers:  # logging is set up (a bad setting fails before it is)
+            log.error("%s service cannot start: %s", name, exc)
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)

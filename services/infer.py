@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
 
 from pipeline.asr.catalog import UnknownModel, resolve_name
 from pipeline.asr.checkpoint import CheckpointError
@@ -56,24 +59,30 @@ async def open_engine(ctx: ServiceContext) -> Engine | None:
 
 def watch_batcher(ctx: ServiceContext, batcher: SegmentBatcher) -> None:
     """Mirrors the batcher's cumulative stats into metrics at each scrape: engine speed and batch fill."""
-    m = ctx.metrics
-    batches = m.counter("gigaam_infer_batches_total", "Engine batches run")
-    segments = m.counter("gigaam_infer_segments_total", "Speech segments transcribed")
-    audio = m.counter("gigaam_infer_audio_seconds_total", "Seconds of audio transcribed")
-    busy = m.counter("gigaam_infer_busy_seconds_total", "Seconds the engine spent on batches")
-    rtf = m.gauge("gigaam_infer_real_time_factor", "Engine seconds per second of audio, since start (lower is faster)")
-    mean_batch = m.gauge("gigaam_infer_batch_size_mean", "Segments per engine batch, since start")
+    ctx.metrics.register(_BatcherCollector(batcher))
 
-    def collect() -> None:
-        stats = batcher.stats
-        batches.set_total(stats.batches)
-        segments.set_total(stats.segments)
-        audio.set_total(stats.audio_seconds)
-        busy.set_total(stats.busy_seconds)
-        rtf.set(stats.busy_seconds / stats.audio_seconds if stats.audio_seconds else 0.0)
-        mean_batch.set(stats.segments / stats.batches if stats.batches else 0.0)
 
-    m.on_collect(collect)
+class _BatcherCollector:
+    """A prometheus_client collector: the counts live in the batcher, read when scraped."""
+
+    def __init__(self, batcher: SegmentBatcher) -> None:
+        self.batcher = batcher
+
+    def describe(self) -> list:
+        return []  # families are created at collect time; nothing to check for duplicates
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        stats = self.batcher.stats
+        yield CounterMetricFamily("gigaam_infer_batches", "Engine batches run", value=stats.batches)
+        yield CounterMetricFamily("gigaam_infer_segments", "Speech segments transcribed", value=stats.segments)
+        yield CounterMetricFamily("gigaam_infer_audio_seconds", "Seconds of audio transcribed", value=stats.audio_seconds)
+        yield CounterMetricFamily("gigaam_infer_busy_seconds", "Seconds the engine spent on batches", value=stats.busy_seconds)
+        rtf = stats.busy_seconds / stats.audio_seconds if stats.audio_seconds else 0.0
+        yield GaugeMetricFamily(
+            "gigaam_infer_real_time_factor", "Engine seconds per second of audio, since start (lower is faster)", value=rtf
+        )
+        mean = stats.segments / stats.batches if stats.batches else 0.0
+        yield GaugeMetricFamily("gigaam_infer_batch_size_mean", "Segments per engine batch, since start", value=mean)
 
 
 async def serve(ctx: ServiceContext) -> None:

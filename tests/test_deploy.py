@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import configparser
-import dataclasses
 import hashlib
 import http.server
 import os
@@ -40,7 +39,7 @@ HEALTHCHECK = DEPLOY / "healthcheck.py"
 INSTALL = DEPLOY / "install.sh"
 
 SERVICES = ("api", "ingest", "decode", "infer", "format", "registry")  # `gigaam-transcriber serve NAME`
-SETTINGS = {f"GIGAAM_{f.name.upper()}" for f in dataclasses.fields(Settings)}
+SETTINGS = {f"GIGAAM_{name.upper()}" for name in Settings.model_fields}
 
 
 def env_file(path: Path) -> dict[str, str]:

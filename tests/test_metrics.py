@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from pipeline.client import GigaAMClient
-from pipeline.metrics import Registry, merge
+from pipeline.metrics import Metrics, merge
 from tests.apistack import ApiStack, speech_wav
 
 pytestmark = pytest.mark.timeout(180)
@@ -49,39 +49,44 @@ def values(samples: list, name: str, **labels: str) -> list[float]:
     return [v for n, ls, v in samples if n == name and all(ls.get(k) == w for k, w in labels.items())]
 
 
-def test_primitives_render_valid_text() -> None:
-    reg = Registry(service="x", pid="1")
-    jobs = reg.counter("jobs_total", "Jobs", ("outcome",))
-    depth = reg.gauge("depth", 'Queue "depth"\nper stage', ("stage",))
-    took = reg.histogram("took_seconds", "Durations", ("stage",), buckets=(0.1, 1.0))
-    jobs.inc(outcome="ok")
-    jobs.inc(2, outcome="ok")
-    depth.set(5, stage='we"ird\\')
+def test_process_metrics_render_valid_text_with_constant_labels() -> None:
+    metrics = Metrics(service="x", pid="1")
+    jobs = metrics.counter("jobs_total", "Jobs", ("outcome",))
+    depth = metrics.gauge("depth", 'Queue "depth"\nper stage', ("stage",))
+    took = metrics.histogram("took_seconds", "Durations", ("stage",), buckets=(0.1, 1.0))
+    jobs.labels(outcome="ok").inc()
+    metrics.counter("jobs_total", "Jobs", ("outcome",)).labels(outcome="ok").inc(2)  # the same metric, shared
+    depth.labels(stage='we"ird\\').set(5)
     for value in (0.05, 0.5, 3.0):
-        took.observe(value, stage="a")
-    calls = []
-    reg.on_collect(lambda: calls.append(1))
-    types, samples = parse(reg.render())
-    assert types == {"jobs_total": "counter", "depth": "gauge", "took_seconds": "histogram"} and calls == [1]
+        took.labels(stage="a").observe(value)
+    reads = []
+    metrics.gauge("read_at_scrape", "A value read when scraped").set_function(lambda: reads.append(1) or 7.0)
+    types, samples = parse(metrics.render())
+    assert types == {"jobs_total": "counter", "depth": "gauge", "took_seconds": "histogram", "read_at_scrape": "gauge"}
     assert values(samples, "jobs_total", outcome="ok", service="x", pid="1") == [3.0]
     assert values(samples, "depth", stage='we\\"ird\\\\') == [5.0]
-    buckets = {ls["le"]: v for n, ls, v in samples if n == "took_seconds_bucket"}
-    assert buckets == {"0.1": 1, "1": 2, "+Inf": 3}
+    assert values(samples, "read_at_scrape", service="x") == [7.0] and reads == [1]
+    buckets = {float(ls["le"]): v for n, ls, v in samples if n == "took_seconds_bucket"}
+    assert buckets == {0.1: 1, 1.0: 2, math.inf: 3}
     assert values(samples, "took_seconds_count") == [3] and math.isclose(values(samples, "took_seconds_sum")[0], 3.55)
     with pytest.raises(ValueError):
-        jobs.inc(stage="wrong label")
+        jobs.labels(stage="wrong label")
+    with pytest.raises(ValueError, match="registered differently"):
+        metrics.gauge("jobs_total", "Jobs", ("outcome",))
 
 
 def test_merge_keeps_each_family_once() -> None:
     texts = []
     for pid in ("1", "2"):
-        reg = Registry(service="infer", pid=pid)
-        reg.counter("jobs_total", "Jobs").inc()
-        reg.gauge("up", "Up").set(1)
-        texts.append(reg.render())
+        metrics = Metrics(service="infer", pid=pid)
+        metrics.counter("jobs_total", "Jobs").inc()
+        metrics.gauge("up", "Up").set(1)
+        metrics.histogram("took_seconds", "Durations", buckets=(1.0,)).observe(0.5)
+        texts.append(metrics.render())
     types, samples = parse(merge(texts))
-    assert types == {"jobs_total": "counter", "up": "gauge"}
+    assert types == {"jobs_total": "counter", "up": "gauge", "took_seconds": "histogram"}
     assert sorted(ls["pid"] for n, ls, _ in samples if n == "jobs_total") == ["1", "2"]
+    assert values(samples, "took_seconds_count", pid="2") == [1.0]
 
 
 def test_metrics_endpoint_after_a_task(client_api: ApiStack, tmp_path: Path) -> None:

@@ -26,8 +26,8 @@ from pipeline.api.webhooks import Webhooks
 from pipeline.bus import Bus
 from pipeline.keys import keys_bucket
 from pipeline.kvstore import open_bucket
-from pipeline.metrics import Registry
-from pipeline.settings import Settings, SettingsError
+from pipeline.metrics import Metrics
+from pipeline.settings import Settings
 from schemas.subjects import IDEMPOTENCY_BUCKET, RATE_BUCKET, WEBHOOKS_BUCKET
 
 PROTECTED = Blueprint.group(routes_v1.bp, events.bp, openai.bp)
@@ -36,21 +36,9 @@ PROTECTED.middleware(enforce, "request")
 PROTECTED.middleware(add_headers, "response")
 
 
-def check_settings(settings: Settings) -> None:
-    if settings.api_max_upload_bytes < 1:
-        raise SettingsError("GIGAAM_API_MAX_UPLOAD_BYTES must be positive")
-    if settings.api_rate_window <= 0:
-        raise SettingsError("GIGAAM_API_RATE_WINDOW must be positive (seconds)")
-    if settings.webhook_max_attempts < 1 or settings.webhook_backoff < 0 or settings.webhook_timeout <= 0:
-        raise SettingsError("GIGAAM_WEBHOOK_MAX_ATTEMPTS must be >= 1, the backoff >= 0 and the timeout > 0")
-    if settings.api_sync_timeout <= 0:
-        raise SettingsError("GIGAAM_API_SYNC_TIMEOUT must be positive (seconds)")
-
-
 async def open_api(
-    settings: Settings, bus: Bus, store: ObjectStore, upload_dir: Path, metrics: Registry | None = None
+    settings: Settings, bus: Bus, store: ObjectStore, upload_dir: Path, metrics: Metrics | None = None
 ) -> Api:
-    check_settings(settings)
     replicas = settings.nats_replicas
     rate_kv = await open_bucket(bus.js, RATE_BUCKET, ttl=max(120.0, 2 * settings.api_rate_window), replicas=replicas)
     idempotency_kv = await open_bucket(bus.js, IDEMPOTENCY_BUCKET, ttl=IDEMPOTENCY_TTL, replicas=replicas)
@@ -67,7 +55,7 @@ async def open_api(
         webhooks=Webhooks(bus, webhooks_kv, settings),
         estimator=Estimator(bus, settings.infer_concurrency),
         upload_dir=upload_dir,
-        metrics=metrics or Registry(),
+        metrics=metrics or Metrics(),
         readiness=ModelReadiness(bus),
     )
 

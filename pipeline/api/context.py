@@ -11,7 +11,7 @@ from nats.js.object_store import ObjectStore
 from sanic import Request
 
 from pipeline.bus import Bus
-from pipeline.metrics import Registry
+from pipeline.metrics import Metrics
 from pipeline.settings import Settings
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ class Api:
     webhooks: Webhooks
     estimator: Estimator
     upload_dir: Path  # this worker's scratch folder for uploads in flight
-    metrics: Registry  # this process's metrics, answered on gigaam.metrics.api
+    metrics: Metrics  # this process's metrics, answered on gigaam.metrics.api
     readiness: ModelReadiness  # whether an infer worker has its model (uploads and statuses say so)
 
 

@@ -1,7 +1,14 @@
-"""An incremental multipart/form-data parser (RFC 7578): bytes in as they arrive, events out.
+"""multipart/form-data (RFC 7578) in constant memory: bytes in as they arrive, events out.
 
-It keeps at most one delimiter's worth of bytes beyond what it has handed out, so a 2 GB part
-passes through in constant memory. Part headers are bounded; the preamble and epilogue are skipped.
+The byte-level parsing is python-multipart's (the parser Starlette and FastAPI use). Around it this
+module adds what the upload path needs regardless of how the body is split across reads: a bounded
+preamble (the library accepts only blank lines before the first boundary; RFC 2046 allows text),
+at most MAX_HEADER_BYTES of part headers in all, at most MAX_PARTS parts, and events in the shape
+`pipeline/api/uploads.py` consumes.
+
+The Content-Disposition parameter parsing below stays hand-written: python-multipart's
+`parse_options_header` drops RFC 5987 `filename*` (which some clients send for non-ASCII names) and
+turns a doubled backslash into one, which breaks the raw Windows paths clients put in `filename`.
 """
 
 from __future__ import annotations
@@ -10,11 +17,13 @@ import re
 from collections.abc import Iterator
 from urllib.parse import unquote
 
-MAX_HEADER_BYTES = 16 * 1024
+import python_multipart
+from python_multipart.exceptions import MultipartParseError
+
+MAX_HEADER_BYTES = 16 * 1024  # all header lines of one part together
 MAX_PREAMBLE_BYTES = 64 * 1024
 MAX_PARTS = 64
-
-_PREAMBLE, _AFTER_DELIMITER, _HEADERS, _BODY, _DONE = range(5)
+MAX_HEADER_LINES = 16  # per part; a form-data part needs two or three
 
 # One `; name=value` parameter; the value is a quoted string (with backslash escapes) or a token.
 _PARAM = re.compile(r';\s*([^\s=;]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
@@ -32,103 +41,124 @@ Event = dict[str, str] | bytes | None
 class MultipartParser:
     def __init__(self, boundary: str) -> None:
         self._dash_boundary = b"--" + boundary.encode("ascii")
-        self._delimiter = b"\r\n" + self._dash_boundary
-        self._buffer = bytearray()
-        self._state = _PREAMBLE
+        self._preamble: bytearray | None = bytearray()  # None once the first boundary is found
         self._skipped = 0
+        self._events: list[Event] = []
+        self._header_bytes = 0
+        self._name = bytearray()
+        self._value = bytearray()
+        self._headers: dict[str, str] = {}
+        self._done = False
         self.parts = 0
+        self._parser = python_multipart.MultipartParser(
+            boundary.encode("ascii"),
+            {
+                "on_part_begin": self._part_begin,
+                "on_header_field": self._header_field,
+                "on_header_value": self._header_value,
+                "on_header_end": self._header_end,
+                "on_headers_finished": self._headers_finished,
+                "on_part_data": self._part_data,
+                "on_part_end": self._part_end,
+                "on_end": self._end,
+            },
+            max_header_count=MAX_HEADER_LINES,
+            max_header_size=MAX_HEADER_BYTES,
+        )
 
     @property
     def done(self) -> bool:
-        return self._state == _DONE
+        return self._done
 
     def feed(self, data: bytes) -> Iterator[Event]:
-        if self._state == _DONE:
+        if self._done:
             return  # epilogue: ignored
-        self._buffer += data
-        while True:
-            if self._state == _PREAMBLE:
-                if not self._skip_preamble():
-                    return
-            elif self._state == _AFTER_DELIMITER:
-                if len(self._buffer) < 2:
-                    return
-                marker = bytes(self._buffer[:2])
-                del self._buffer[:2]
-                if marker == b"--":
-                    self._state = _DONE
-                    self._buffer.clear()
-                    return
-                if marker != b"\r\n":
-                    raise MultipartError("a boundary must be followed by CRLF or --")
-                self._state = _HEADERS
-            elif self._state == _HEADERS:
-                if self._buffer.startswith(b"\r\n"):  # a part without headers
-                    headers, consumed = {}, 2
-                else:
-                    end = self._buffer.find(b"\r\n\r\n")
-                    if end < 0:
-                        if len(self._buffer) > MAX_HEADER_BYTES:
-                            raise MultipartError("part headers are too long")
-                        return
-                    headers, consumed = _parse_headers(bytes(self._buffer[:end])), end + 4
-                del self._buffer[:consumed]
-                self.parts += 1
-                if self.parts > MAX_PARTS:
-                    raise MultipartError(f"more than {MAX_PARTS} parts")
-                self._state = _BODY
-                yield headers
-            elif self._state == _BODY:
-                end = self._buffer.find(self._delimiter)
-                if end >= 0:
-                    if end:
-                        yield bytes(self._buffer[:end])
-                    del self._buffer[: end + len(self._delimiter)]
-                    self._state = _AFTER_DELIMITER
-                    yield None
-                    continue
-                # everything but a possible delimiter start is certainly part data
-                safe = len(self._buffer) - len(self._delimiter) + 1
-                if safe > 0:
-                    yield bytes(self._buffer[:safe])
-                    del self._buffer[:safe]
+        if self._preamble is not None:
+            data = self._skip_preamble(data)
+            if not data:
                 return
-            else:
-                return
-
-    def _skip_preamble(self) -> bool:
-        """The first boundary may open the body directly or follow a preamble line."""
-        at = self._buffer.find(self._dash_boundary)
-        while at > 0 and not (at >= 2 and self._buffer[at - 2 : at] == b"\r\n"):
-            at = self._buffer.find(self._dash_boundary, at + 1)
-        if at < 0:
-            keep = len(self._dash_boundary) + 1
-            drop = max(0, len(self._buffer) - keep)
-            self._skipped += drop
-            del self._buffer[:drop]
-            if self._skipped > MAX_PREAMBLE_BYTES:
-                raise MultipartError("no opening boundary found")
-            return False
-        del self._buffer[: at + len(self._dash_boundary)]
-        self._state = _AFTER_DELIMITER
-        return True
+        try:
+            self._parser.write(data)
+        except MultipartParseError as exc:
+            raise MultipartError(_reason(exc)) from None
+        events, self._events = self._events, []
+        yield from events
 
     def close(self) -> None:
-        if self._state != _DONE:
+        if not self._done:
             raise MultipartError("the body ended before the closing boundary")
 
+    def _skip_preamble(self, data: bytes) -> bytes:
+        """Bytes before the first boundary (which opens the body or follows CRLF) are dropped, at most
+        MAX_PREAMBLE_BYTES of them however the body is split; returns what follows them."""
+        buffer = self._preamble
+        assert buffer is not None
+        buffer += data
+        at = buffer.find(self._dash_boundary)
+        while at > 0 and buffer[at - 2 : at] != b"\r\n":
+            at = buffer.find(self._dash_boundary, at + 1)
+        if at < 0:  # keep only what could be the start of the boundary line
+            drop = max(0, len(buffer) - len(self._dash_boundary) - 1)
+            at_most = drop
+        else:
+            at_most = at
+        if self._skipped + at_most > MAX_PREAMBLE_BYTES:
+            raise MultipartError("no opening boundary found")
+        if at < 0:
+            self._skipped += drop
+            del buffer[:drop]
+            return b""
+        self._preamble = None
+        return bytes(buffer[at:])
 
-def _parse_headers(raw: bytes) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for line in raw.split(b"\r\n"):
-        if not line:
-            continue
-        name, sep, value = line.partition(b":")
-        if not sep or not name.strip():
-            raise MultipartError("a part header line has no name")
+    # python-multipart callbacks: data ones get (buffer, start, end), notifications nothing.
+
+    def _part_begin(self) -> None:
+        self._header_bytes = 0
+        self._headers = {}
+
+    def _count(self, size: int) -> None:
+        self._header_bytes += size
+        if self._header_bytes > MAX_HEADER_BYTES:
+            raise MultipartError("part headers are too long")
+
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._count(end - start)
+        self._name += data[start:end]
+
+    def _header_value(self, data: bytes, start: int, end: int) -> None:
+        self._count(end - start)
+        self._value += data[start:end]
+
+    def _header_end(self) -> None:
         # Clients send non-ASCII file names as raw UTF-8 (browsers, curl, requests) or RFC 5987.
-        headers[name.strip().decode("latin-1").lower()] = value.strip().decode("utf-8", "replace")
-    return headers
+        name = self._name.decode("latin-1").strip().lower()
+        if not name:
+            raise MultipartError("a part header line has no name")
+        self._headers[name] = self._value.decode("utf-8", "replace").strip()
+        self._name.clear()
+        self._value.clear()
+
+    def _headers_finished(self) -> None:
+        self.parts += 1
+        if self.parts > MAX_PARTS:
+            raise MultipartError(f"more than {MAX_PARTS} parts")
+        self._events.append(self._headers)
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if end > start:
+            self._events.append(bytes(data[start:end]))
+
+    def _part_end(self) -> None:
+        self._events.append(None)
+
+    def _end(self) -> None:
+        self._done = True
+
+
+def _reason(exc: MultipartParseError) -> str:
+    """The library's message without its byte offset, which means nothing to the client."""
+    return re.sub(r"\s*\(\d+\)$|\s+at index \d+$", "", str(exc)) or "malformed multipart body"
 
 
 def boundary_of(content_type: str | None) -> str | None:

@@ -21,7 +21,7 @@ from sanic_ext import openapi
 from pipeline.api.context import api_of
 from pipeline.bus import Bus, BusTimeout
 from pipeline.bus import request as bus_request
-from pipeline.metrics import CONTENT_TYPE, Registry, merge
+from pipeline.metrics import CONTENT_TYPE, Metrics, merge
 from schemas.messages import RegistryReply, RegistryRequest, decode, encode
 from schemas.subjects import DLQ_STREAM, JOBS_STREAM, METRICS_PREFIX, SERVICES, STAGES, consumer_name, registry_subject
 
@@ -35,20 +35,20 @@ STATUSES = ("pending", "processing", "completed", "failed")
 _BUS_ERRORS = (BusTimeout, asyncio.TimeoutError, nats.errors.Error, nats.js.errors.Error)
 
 
-def request_counter(registry: Registry) -> Callable[[Request, HTTPResponse], None]:
+def request_counter(metrics: Metrics) -> Callable[[Request, HTTPResponse], None]:
     """Request and error counters of this worker, recorded by an app-wide response middleware."""
-    requests = registry.counter(
+    requests = metrics.counter(
         "gigaam_api_requests_total", "HTTP requests answered, by route pattern", ("method", "route", "status")
     )
-    errors = registry.counter("gigaam_api_errors_total", "Error answers, by machine code", ("code",))
+    errors = metrics.counter("gigaam_api_errors_total", "Error answers, by machine code", ("code",))
 
     def count(request: Request, response: HTTPResponse) -> None:
         route = "/" + request.route.path if request.route is not None else "unmatched"
         status = response.status if response is not None else 0
-        requests.inc(method=request.method, route=route.replace("//", "/"), status=str(status))
+        requests.labels(method=request.method, route=route.replace("//", "/"), status=str(status)).inc()
         code = getattr(request.ctx, "error_code", None)
         if code is not None:
-            errors.inc(code=code)
+            errors.labels(code=code).inc()
 
     return count
 
@@ -57,21 +57,21 @@ def request_counter(registry: Registry) -> Callable[[Request, HTTPResponse], Non
 @openapi.exclude()  # for Prometheus, not API clients: docs/metrics.md describes it
 async def metrics(request: Request) -> HTTPResponse:
     api = api_of(request)
-    shared = Registry()
+    shared = Metrics()
     await asyncio.gather(_queues(api.bus, shared), _tasks(api.bus, shared))
     workers = await _gather_workers(api.bus, shared)
     return raw(merge([shared.render(), *workers]).encode(), content_type=CONTENT_TYPE)
 
 
-async def _queues(bus: Bus, shared: Registry) -> None:
+async def _queues(bus: Bus, shared: Metrics) -> None:
     depth = shared.gauge("gigaam_queue_depth", "Jobs waiting or being processed, per stage", ("stage",))
     in_flight = shared.gauge("gigaam_queue_in_flight", "Jobs handed to a worker and not yet acked", ("stage",))
     dead = shared.gauge("gigaam_dead_letters", "Jobs kept in the dead-letter stream")
 
     async def one(stage: str) -> None:
         info = await asyncio.wait_for(bus.js.consumer_info(JOBS_STREAM, consumer_name(stage)), STATE_TIMEOUT)
-        depth.set(info.num_pending + info.num_ack_pending, stage=stage)
-        in_flight.set(info.num_ack_pending, stage=stage)
+        depth.labels(stage=stage).set(info.num_pending + info.num_ack_pending)
+        in_flight.labels(stage=stage).set(info.num_ack_pending)
 
     async def dlq() -> None:
         info = await asyncio.wait_for(bus.js.stream_info(DLQ_STREAM), STATE_TIMEOUT)
@@ -84,7 +84,7 @@ async def _queues(bus: Bus, shared: Registry) -> None:
             raise outcome
 
 
-async def _tasks(bus: Bus, shared: Registry) -> None:
+async def _tasks(bus: Bus, shared: Metrics) -> None:
     """Totals of `list` per status (limit 1): the registry counts every match for paging anyway."""
     tasks = shared.gauge("gigaam_tasks", "Tasks known to the registry, by status", ("status",))
 
@@ -92,7 +92,7 @@ async def _tasks(bus: Bus, shared: Registry) -> None:
         query = RegistryRequest(op="list", status=status, limit=1)
         reply = decode(RegistryReply, await bus_request(bus.nc, registry_subject("list"), encode(query), STATE_TIMEOUT))
         if reply.ok:
-            tasks.set(reply.total, status=status)
+            tasks.labels(status=status).set(reply.total)
 
     try:
         await asyncio.gather(*(one(status) for status in STATUSES))
@@ -100,7 +100,7 @@ async def _tasks(bus: Bus, shared: Registry) -> None:
         log.warning("metrics: the registry does not answer: %s", exc or type(exc).__name__)
 
 
-async def _gather_workers(bus: Bus, shared: Registry) -> list[str]:
+async def _gather_workers(bus: Bus, shared: Metrics) -> list[str]:
     """Scatter-gather: every service process answers, so replies are collected for GATHER_WINDOW."""
     workers = shared.gauge("gigaam_workers", "Service processes that answered this scrape", ("service",))
     replies: list[str] = []
@@ -120,5 +120,5 @@ async def _gather_workers(bus: Bus, shared: Registry) -> list[str]:
     finally:
         await sub.unsubscribe()
     for service, count in counts.items():
-        workers.set(count, service=service)
+        workers.labels(service=service).set(count)
     return replies

@@ -1,4 +1,4 @@
-"""Streamed, bounded uploads: the request body goes through the multipart parser straight into a
+"""Streamed, bounded uploads: the request body goes through the multipart parser (python-multipart) into a
 temporary file in this worker's upload folder; nothing holds the file in memory. Oversized bodies
 are refused from Content-Length before a byte is read, or as soon as the bytes pass the cap, and
 the connection is then closed instead of draining the rest. Whatever fails, the file is removed.
