@@ -34,7 +34,7 @@ from pipeline.inbox import (
     task_id_for,
     task_options,
 )
-from pipeline.settings import Settings, SettingsError
+from pipeline.settings import Settings, SettingsError, load_settings
 from schemas.messages import TaskOptions
 
 BASE = FolderOptions(model=None, formats=("txt", "srt", "json"))
@@ -97,12 +97,14 @@ def test_our_folders_inside_the_inbox_are_never_candidates(tmp_path: Path) -> No
 
 @pytest.mark.parametrize(
     "changes,message",
-    [({"inbox_after": "archive"}, "INBOX_AFTER"), ({"inbox_stable_interval": 0.0}, "STABLE"),
-     ({"inbox_rescan_interval": -1.0}, "RESCAN")],
+    [({"GIGAAM_INBOX_AFTER": "archive"}, "GIGAAM_INBOX_AFTER"),
+     ({"GIGAAM_INBOX_STABLE_INTERVAL": "0"}, "GIGAAM_INBOX_STABLE_INTERVAL"),
+     ({"GIGAAM_INBOX_RESCAN_INTERVAL": "-1"}, "GIGAAM_INBOX_RESCAN_INTERVAL")],
 )
 def test_bad_inbox_settings_are_refused(tmp_path: Path, changes: dict, message: str) -> None:
+    env = {"GIGAAM_DATA_DIR": str(tmp_path / "data"), "GIGAAM_INBOX_DIR": str(tmp_path / "inbox"), **changes}
     with pytest.raises(SettingsError, match=message):
-        config(tmp_path, **changes)
+        load_settings(env)
 
 
 def test_the_inbox_cannot_be_its_own_processed_folder(tmp_path: Path) -> None:
